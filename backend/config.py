@@ -1,0 +1,125 @@
+"""One typed settings object, read from PRODSEARCH_* environment variables (nested keys use
+double underscores, e.g. PRODSEARCH_SEARCH__MAX_TOP_K) and an optional TOML file named by
+PRODSEARCH_CONFIG_FILE. Built once by `load_settings()`; unsafe values are refused at start."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from backend.errors import ConfigError
+
+
+class EncoderSettings(BaseModel):
+    image_model: Literal["efficientnet_lite0"] = "efficientnet_lite0"
+    # "multilingual" (USE multilingual v3: Chinese + English) or "minilm" (English only).
+    text_model: Literal["multilingual", "minilm"] = "multilingual"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    max_batch_size: int = Field(32, ge=1, le=1024)
+    max_wait_ms: float = Field(5.0, ge=0, le=1000)
+    max_queue: int = Field(256, ge=1)
+    threads: int = Field(0, ge=0)  # torch intra-op threads, 0 = library default
+    # Trained fusion checkpoint; empty = the one shipped with the package, if present.
+    fusion_checkpoint: str = ""
+    worker_url: str = ""  # host:port of a remote encoder worker; empty = encode in-process
+
+
+class SearchSettings(BaseModel):
+    default_top_k: int = Field(10, ge=1)
+    max_top_k: int = Field(100, ge=1, le=1000)
+    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_text_chars: int = Field(1000, ge=1)
+    hnsw_ef: int = Field(128, ge=8)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PRODSEARCH_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    data_dir: Path = Path("data")
+    # Empty: SQLite file in data_dir. Postgres: postgresql+psycopg://user:pass@host/db
+    database_url: SecretStr = SecretStr("")
+    # Empty: embedded qdrant-edge shard in data_dir. Else a Qdrant server, e.g. http://qdrant:6334
+    qdrant_url: str = ""
+    qdrant_api_key: SecretStr = SecretStr("")
+    qdrant_prefer_grpc: bool = True
+    qdrant_shards: int = Field(1, ge=1)
+    qdrant_replicas: int = Field(1, ge=1)
+    collection: str = "products"
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(50051, ge=0, le=65535)
+    grpc_workers: int = Field(8, ge=1)
+    shutdown_grace_s: float = Field(5.0, ge=0)
+    indexer_poll_ms: int = Field(200, ge=10)
+    indexer_batch: int = Field(64, ge=1)
+    log_level: str = "INFO"
+    encoder: EncoderSettings = EncoderSettings()
+    search: SearchSettings = SearchSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("PRODSEARCH_CONFIG_FILE")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError(f"unknown log level {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _safe(self) -> Settings:
+        if self.search.default_top_k > self.search.max_top_k:
+            raise ValueError("search.default_top_k must not exceed search.max_top_k")
+        url = self.database_url.get_secret_value()
+        if url and not url.startswith(("sqlite", "postgresql")):
+            raise ValueError("database_url must be a sqlite:// or postgresql:// URL")
+        return self
+
+    @cached_property
+    def sql_url(self) -> str:
+        """The SQLAlchemy URL (secret: never log it)."""
+        url = self.database_url.get_secret_value()
+        return url or f"sqlite:///{(self.data_dir / 'catalog.sqlite3').resolve()}"
+
+    @property
+    def vectors_dir(self) -> Path:
+        return self.data_dir / "vectors"
+
+    @property
+    def embedded(self) -> bool:
+        return not self.qdrant_url
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings once at start-up; turn validation errors into one clear ConfigError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from exc
