@@ -1,0 +1,633 @@
+"""Embedded vector store on qdrant-edge: Qdrant's engine in-process, no server.
+
+Layout under `root`:
+
+    .lock                 exclusive fcntl lock, holds the owner's pid
+    aliases.json          {alias: collection}, replaced atomically
+    <collection>.json     the CollectionSpec; written last, so it marks a complete collection
+    <collection>/         one EdgeShard (segments, payload indexes, write-ahead log)
+
+One process owns a root: the shard's write-ahead log cannot be shared, so a second process
+is refused up front with StoreBusy instead of failing later inside the engine.
+
+qdrant-edge applies updates synchronously (a write is searchable when `update` returns) and
+its shard is safe to use from several threads at once, so searches and writes run
+concurrently. A per-collection shared/exclusive lock only keeps a shard from being closed
+(drop, close) while a call is still using it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import qdrant_edge as qe
+
+from backend.domain.types import Filters
+from backend.errors import ConfigError, InvalidInput, NotReady, StoreBusy
+from backend.stores.vectors.base import (
+    RRF_K,
+    CollectionSpec,
+    PayloadPatch,
+    PointPayload,
+    ScoredPoint,
+    VectorPoint,
+    patch_values,
+    vector_values,
+)
+from backend.stores.vectors.filters import (
+    PAYLOAD_INDEXES,
+    IndexKind,
+    edge_filter,
+    products_spec,
+    to_edge,
+)
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_ALIASES = "aliases.json"
+_LOCK = ".lock"
+_TOMBSTONE = ".dropped-"
+# Points per update call: bounds the size of one write-ahead-log record.
+_WRITE_BATCH = 256
+_SCROLL_PAGE = 1000
+# Below this many KB of vectors a segment is searched exactly; Qdrant's own default.
+_FULL_SCAN_THRESHOLD_KB = 10_000
+
+
+def _check_name(name: str, what: str) -> None:
+    if not _NAME.match(name) or name.endswith(".json") or name == _ALIASES.removesuffix(".json"):
+        raise ConfigError(
+            f"invalid {what} name {name!r}: use 1-128 letters, digits, '_', '-' or '.', "
+            f"starting with a letter or digit (and not 'aliases')"
+        )
+
+
+def _write_atomic(path: Path, data: object) -> None:
+    """Replace `path` so that readers and a crash see either the old or the new file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _index_schema(kind: IndexKind) -> qe.PayloadSchemaType | qe.PayloadSchemaParams:
+    if kind is IndexKind.TENANT:
+        return qe.KeywordIndexParams(is_tenant=True)
+    return {
+        IndexKind.KEYWORD: qe.PayloadSchemaType.Keyword,
+        IndexKind.FLOAT: qe.PayloadSchemaType.Float,
+        IndexKind.INTEGER: qe.PayloadSchemaType.Integer,
+        IndexKind.BOOL: qe.PayloadSchemaType.Bool,
+    }[kind]
+
+
+def _edge_config(spec: CollectionSpec) -> qe.EdgeConfig:
+    quantization = (
+        qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, memory=qe.Memory.Pinned)
+        if spec.quantize_int8
+        else None
+    )
+    return qe.EdgeConfig(
+        vectors={
+            name: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
+            for name, dim in spec.vectors.items()
+        },
+        hnsw_config=qe.HnswIndexConfig(
+            m=spec.hnsw_m,
+            ef_construct=spec.hnsw_ef_construct,
+            full_scan_threshold=_FULL_SCAN_THRESHOLD_KB,
+        ),
+        quantization_config=quantization,
+    )
+
+
+def _spec_from_json(data: dict[str, Any]) -> CollectionSpec:
+    fields = {f.name for f in dataclasses.fields(CollectionSpec)}
+    return CollectionSpec(**{k: v for k, v in data.items() if k in fields})
+
+
+class _SharedLock:
+    """Any number of shared holders, or one exclusive holder; a waiting exclusive holder
+    keeps new shared holders out, so a drop is not starved by a stream of searches."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive or self._waiting:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                if not self._shared:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            while self._exclusive or self._shared:
+                self._cond.wait()
+            self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+@dataclasses.dataclass
+class _Collection:
+    name: str
+    spec: CollectionSpec
+    shard: qe.EdgeShard
+    lock: _SharedLock = dataclasses.field(default_factory=_SharedLock)
+    closed: bool = False
+
+
+class EdgeVectorStore:
+    """VectorStore on qdrant-edge shards under one directory owned by this process."""
+
+    def __init__(self, root: Path, hnsw_ef: int = 128) -> None:
+        if hnsw_ef < 1:
+            raise ConfigError(f"hnsw_ef must be at least 1, got {hnsw_ef}")
+        self._root = Path(root)
+        self._hnsw_ef = hnsw_ef
+        self._root.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = self._acquire_root(self._root / _LOCK)
+        # Guards the maps below and every change to files directly under root.
+        self._meta = threading.Lock()
+        self._collections: dict[str, _Collection] = {}
+        self._dropping: set[str] = set()
+        self._closed = False
+        try:
+            self._aliases = self._read_aliases()
+            self._remove_tombstones()
+        except BaseException:
+            self._release_root()
+            raise
+
+    # --- process ownership ---------------------------------------------------------------
+
+    @staticmethod
+    def _acquire_root(lock_path: Path) -> int:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            if owner == str(os.getpid()):
+                raise StoreBusy(
+                    f"vector store {lock_path.parent} is already open in this process "
+                    f"(pid {owner}); share that instance instead of opening it twice"
+                ) from None
+            raise StoreBusy(
+                f"vector store {lock_path.parent} is used by another process (pid {owner}); "
+                f"an embedded store has one owner: stop that process or use another directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def _release_root(self) -> None:
+        if self._lock_fd >= 0:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def _read_aliases(self) -> dict[str, str]:
+        path = self._root / _ALIASES
+        if not path.exists():
+            return {}
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+        ):
+            raise ConfigError(f"{path} must map alias names to collection names")
+        return dict(data)
+
+    def _remove_tombstones(self) -> None:
+        # Left by a drop interrupted after its shard was moved aside.
+        for path in self._root.glob(f"{_TOMBSTONE}*"):
+            shutil.rmtree(path, ignore_errors=True)
+
+    # --- collection handles --------------------------------------------------------------
+
+    def _spec_path(self, name: str) -> Path:
+        return self._root / f"{name}.json"
+
+    def _exists(self, name: str) -> bool:
+        return self._spec_path(name).is_file() and (self._root / name).is_dir()
+
+    def _stored_spec(self, name: str) -> CollectionSpec:
+        return _spec_from_json(json.loads(self._spec_path(name).read_text(encoding="utf-8")))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise NotReady(f"vector store {self._root} is closed")
+
+    def _get(self, alias_or_name: str) -> _Collection:
+        with self._meta:
+            self._check_open()
+            name = self._aliases.get(alias_or_name, alias_or_name)
+            coll = self._collections.get(name)
+            if coll is not None:
+                return coll
+            if name in self._dropping or not _NAME.match(name) or not self._exists(name):
+                raise NotReady(f"vector collection {name!r} does not exist in {self._root}")
+            spec = self._stored_spec(name)
+            coll = _Collection(name, spec, qe.EdgeShard.load(str(self._root / name)))
+            self._collections[name] = coll
+            return coll
+
+    @contextlib.contextmanager
+    def _use(self, alias_or_name: str) -> Iterator[_Collection]:
+        while True:
+            coll = self._get(alias_or_name)
+            with coll.lock.shared():
+                # Dropped or closed between lookup and lock: look up again (and fail clearly).
+                if coll.closed:
+                    continue
+                yield coll
+                return
+
+    @staticmethod
+    def _ensure_indexes(shard: qe.EdgeShard) -> None:
+        present = shard.info().payload_schema
+        for field, kind in PAYLOAD_INDEXES.items():
+            if field not in present:
+                shard.update(qe.UpdateOperation.create_field_index(field, _index_schema(kind)))
+
+    # --- VectorStore ---------------------------------------------------------------------
+
+    def ensure_collection(self, spec: CollectionSpec) -> None:
+        _check_name(spec.name, "collection")
+        if not spec.vectors or any(dim < 1 for dim in spec.vectors.values()):
+            raise ConfigError(f"collection {spec.name!r} needs named vectors with dimensions > 0")
+        with self._meta:
+            self._check_open()
+            name = spec.name
+            if name in self._aliases:
+                raise ConfigError(f"{name!r} is an alias (of {self._aliases[name]!r}), not a "
+                                  f"collection name")
+            if name in self._dropping:
+                raise ConfigError(f"collection {name!r} is being dropped; retry when it is gone")
+            if self._exists(name):
+                stored = self._stored_spec(name)
+                if stored.vectors != spec.vectors:
+                    raise ConfigError(
+                        f"collection {name!r} exists with vectors {stored.vectors}, not "
+                        f"{spec.vectors}; index into a new collection and switch the alias"
+                    )
+                if dataclasses.replace(stored, name=name) != spec:
+                    log.info("collection %r keeps its stored settings %s", name, stored)
+                coll = self._collections.get(name)
+                shard = coll.shard if coll else qe.EdgeShard.load(str(self._root / name))
+                self._ensure_indexes(shard)
+                if coll is None:
+                    self._collections[name] = _Collection(name, stored, shard)
+                return
+            path = self._root / name
+            try:
+                if path.is_dir() and any(path.iterdir()):
+                    # A creation interrupted before its spec was written: keep what is there
+                    # if it is compatible (the engine checks), then finish the job.
+                    shard = qe.EdgeShard.load(str(path), _edge_config(spec))
+                else:
+                    shard = qe.EdgeShard.create(str(path), _edge_config(spec))
+            except Exception as exc:
+                raise ConfigError(f"cannot create vector collection {name!r} at {path}: {exc}") \
+                    from exc
+            self._ensure_indexes(shard)
+            # Durable before the spec marks the collection complete.
+            shard.flush()
+            _write_atomic(self._spec_path(name), dataclasses.asdict(spec))
+            self._collections[name] = _Collection(name, spec, shard)
+
+    def _points(self, coll: _Collection, points: list[VectorPoint]) -> list[qe.Point]:
+        out = []
+        for p in points:
+            unknown = set(p.vectors) - set(coll.spec.vectors)
+            if unknown:
+                raise InvalidInput(
+                    f"point {p.id}: unknown vectors {sorted(unknown)}; collection {coll.name!r} "
+                    f"has {sorted(coll.spec.vectors)}"
+                )
+            vectors: dict[str, qe.NamedVector] = {
+                name: vector_values(vec, name, coll.spec.vectors[name])
+                for name, vec in p.vectors.items()
+            }
+            out.append(qe.Point(p.id, vectors, p.payload.to_dict()))
+        return out
+
+    def upsert(self, collection: str, points: list[VectorPoint]) -> None:
+        with self._use(collection) as coll:
+            converted = self._points(coll, points)
+            for start in range(0, len(converted), _WRITE_BATCH):
+                batch = converted[start : start + _WRITE_BATCH]
+                coll.shard.update(qe.UpdateOperation.upsert_points(batch))
+
+    def delete_products(self, collection: str, product_ids: list[str]) -> None:
+        if not product_ids:
+            return
+        with self._use(collection) as coll:
+            for start in range(0, len(product_ids), _SCROLL_PAGE):
+                chunk = product_ids[start : start + _SCROLL_PAGE]
+                flt = to_edge(products_spec(chunk))
+                assert flt is not None
+                coll.shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
+
+    def set_payload(self, collection: str, patches: list[PayloadPatch]) -> None:
+        checked = [(p.product_id, patch_values(p)) for p in patches]
+        with self._use(collection) as coll:
+            for product_id, values in checked:
+                if not values:
+                    continue
+                flt = to_edge(products_spec([product_id]))
+                assert flt is not None
+                coll.shard.update(qe.UpdateOperation.set_payload_by_filter(flt, values))
+
+    def _params(self, coll: _Collection) -> qe.SearchParams:
+        # Rescoring with the original vectors keeps scores true cosines under int8.
+        quantization = (
+            qe.QuantizationSearchParams(rescore=True, oversampling=2.0)
+            if coll.spec.quantize_int8
+            else None
+        )
+        return qe.SearchParams(hnsw_ef=self._hnsw_ef, quantization=quantization)
+
+    @staticmethod
+    def _check_page(limit: int, offset: int) -> None:
+        if limit < 1:
+            raise InvalidInput(f"limit must be at least 1, got {limit}")
+        if offset < 0:
+            raise InvalidInput(f"offset must not be negative, got {offset}")
+
+    @staticmethod
+    def _vector_dim(coll: _Collection, name: str) -> int:
+        if name not in coll.spec.vectors:
+            raise InvalidInput(
+                f"unknown vector {name!r}; collection {coll.name!r} has {sorted(coll.spec.vectors)}"
+            )
+        return coll.spec.vectors[name]
+
+    @staticmethod
+    def _scored(points: list[qe.ScoredPoint], with_vectors: bool) -> list[ScoredPoint]:
+        out = []
+        for p in points:
+            vectors: dict[str, np.ndarray] = {}
+            if with_vectors and isinstance(p.vector, dict):
+                vectors = {k: np.asarray(v, dtype=np.float32) for k, v in p.vector.items()}
+            out.append(
+                ScoredPoint(
+                    id=str(p.id),
+                    score=float(p.score),
+                    payload=PointPayload.from_dict(p.payload or {}),
+                    vectors=vectors,
+                )
+            )
+        return out
+
+    def search(
+        self,
+        collection: str,
+        vector_name: str,
+        vector: np.ndarray,
+        filters: Filters,
+        limit: int,
+        offset: int = 0,
+        with_vectors: bool = False,
+    ) -> list[ScoredPoint]:
+        self._check_page(limit, offset)
+        flt = edge_filter(filters)
+        with self._use(collection) as coll:
+            values = vector_values(vector, vector_name, self._vector_dim(coll, vector_name))
+            request = qe.QueryRequest(
+                limit=limit,
+                offset=offset,
+                query=qe.Query.Nearest(values, using=vector_name),
+                filter=flt,
+                params=self._params(coll),
+                with_payload=True,
+                with_vector=with_vectors,
+            )
+            return self._scored(coll.shard.query(request), with_vectors)
+
+    def search_hybrid(
+        self,
+        collection: str,
+        queries: dict[str, np.ndarray],
+        filters: Filters,
+        limit: int,
+        offset: int = 0,
+    ) -> list[ScoredPoint]:
+        self._check_page(limit, offset)
+        if not queries:
+            raise InvalidInput("hybrid search needs at least one query vector")
+        flt = edge_filter(filters)
+        # Each list must reach deeper than the page, or fusion could not promote a point
+        # that ranks well in one list and only moderately in another.
+        depth = max(100, 2 * (limit + offset))
+        with self._use(collection) as coll:
+            params = self._params(coll)
+            prefetches = [
+                qe.Prefetch(
+                    limit=depth,
+                    query=qe.Query.Nearest(
+                        vector_values(vec, name, self._vector_dim(coll, name)), using=name
+                    ),
+                    filter=flt,
+                    params=params,
+                )
+                for name, vec in queries.items()
+            ]
+            request = qe.QueryRequest(
+                limit=limit,
+                offset=offset,
+                query=qe.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]
+                prefetches=prefetches,
+                filter=flt,
+                with_payload=True,
+                with_vector=False,
+            )
+            return self._scored(coll.shard.query(request), False)
+
+    def _scroll(
+        self,
+        coll: _Collection,
+        flt: qe.Filter | None,
+        with_payload: qe.WithPayloadType,
+        with_vector: qe.WithVectorType,
+    ) -> Iterator[qe.Record]:
+        offset: qe.PointId | None = None
+        while True:
+            records, offset = coll.shard.scroll(
+                qe.ScrollRequest(
+                    offset=offset,
+                    limit=_SCROLL_PAGE,
+                    filter=flt,
+                    with_payload=with_payload,
+                    with_vector=with_vector,
+                )
+            )
+            yield from records
+            if offset is None:
+                return
+
+    def get_vectors(
+        self, collection: str, product_id: str, vector_name: str
+    ) -> list[tuple[int, np.ndarray]]:
+        with self._use(collection) as coll:
+            self._vector_dim(coll, vector_name)
+            flt = to_edge(products_spec([product_id]))
+            out = []
+            for rec in self._scroll(coll, flt, ["position"], [vector_name]):
+                vec = rec.vector.get(vector_name) if isinstance(rec.vector, dict) else None
+                if vec is not None and rec.payload is not None:
+                    out.append((int(rec.payload["position"]), np.asarray(vec, dtype=np.float32)))
+            return sorted(out, key=lambda item: item[0])
+
+    def count(self, collection: str, filters: Filters | None = None) -> int:
+        flt = edge_filter(filters)
+        with self._use(collection) as coll:
+            return int(coll.shard.count(qe.CountRequest(exact=True, filter=flt)))
+
+    def scroll_payloads(self, collection: str) -> list[tuple[str, PointPayload]]:
+        with self._use(collection) as coll:
+            return [
+                (str(rec.id), PointPayload.from_dict(rec.payload or {}))
+                for rec in self._scroll(coll, None, True, False)
+            ]
+
+    def delete_points(self, collection: str, point_ids: list[str]) -> None:
+        if not point_ids:
+            return
+        ids: list[qe.PointId] = []
+        for pid in point_ids:
+            try:
+                ids.append(str(uuid.UUID(pid)))
+            except ValueError:
+                raise InvalidInput(f"point id {pid!r} is not a UUID") from None
+        with self._use(collection) as coll:
+            for start in range(0, len(ids), _SCROLL_PAGE):
+                chunk = ids[start : start + _SCROLL_PAGE]
+                coll.shard.update(qe.UpdateOperation.delete_points(chunk))
+
+    def build_index(self, collection: str) -> None:
+        with self._use(collection) as coll:
+            coll.shard.optimize()
+            coll.shard.flush()
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        _check_name(alias, "alias")
+        with self._meta:
+            self._check_open()
+            if self._exists(alias):
+                raise ConfigError(f"alias {alias!r} would hide the collection of that name")
+            if collection in self._dropping or not self._exists(collection):
+                raise NotReady(f"cannot point alias {alias!r} at {collection!r}: no such "
+                               f"collection in {self._root}")
+            aliases = {**self._aliases, alias: collection}
+            _write_atomic(self._root / _ALIASES, aliases)
+            self._aliases = aliases
+
+    def resolve(self, alias_or_name: str) -> str:
+        with self._meta:
+            return self._aliases.get(alias_or_name, alias_or_name)
+
+    def list_collections(self) -> list[str]:
+        with self._meta:
+            self._check_open()
+            names = (p.stem for p in self._root.glob("*.json") if p.name != _ALIASES)
+            return sorted(n for n in names if n not in self._dropping and self._exists(n))
+
+    def drop_collection(self, collection: str) -> None:
+        _check_name(collection, "collection")
+        with self._meta:
+            self._check_open()
+            if collection in self._dropping or not (
+                self._spec_path(collection).exists() or (self._root / collection).exists()
+            ):
+                return
+            self._dropping.add(collection)
+            coll = self._collections.pop(collection, None)
+            aliases = {a: c for a, c in self._aliases.items() if c != collection}
+            if aliases != self._aliases:
+                _write_atomic(self._root / _ALIASES, aliases)
+                self._aliases = aliases
+        try:
+            if coll is not None:
+                with coll.lock.exclusive():
+                    coll.closed = True
+                    coll.shard.close()
+            with self._meta:
+                # Shard moved aside first: a crash from here on never leaves a half-deleted
+                # shard that looks like a live collection.
+                tomb = self._root / f"{_TOMBSTONE}{collection}-{uuid.uuid4().hex}"
+                if (self._root / collection).exists():
+                    os.replace(self._root / collection, tomb)
+                self._spec_path(collection).unlink(missing_ok=True)
+            if tomb.exists():
+                shutil.rmtree(tomb, ignore_errors=True)
+        finally:
+            with self._meta:
+                self._dropping.discard(collection)
+
+    def close(self) -> None:
+        with self._meta:
+            if self._closed:
+                return
+            self._closed = True
+            collections = list(self._collections.values())
+            self._collections.clear()
+        try:
+            for coll in collections:
+                with coll.lock.exclusive():
+                    coll.closed = True
+                    coll.shard.close()
+        finally:
+            self._release_root()
+
+    def __enter__(self) -> EdgeVectorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EdgeVectorStore({str(self._root)!r})"
