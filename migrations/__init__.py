@@ -1,0 +1,1 @@
+"""Alembic migrations of the SQL catalog; run them with `backend.stores.catalog.migrate`."""
