@@ -1,0 +1,232 @@
+"""`prodsearch` command line: thin dispatch. Heavy imports (torch, models, stores) happen inside
+the commands that need them, so client commands stay fast."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger("prodsearch")
+
+
+def _settings(args: argparse.Namespace) -> object:
+    from backend.config import load_settings
+
+    overrides: dict[str, object] = {}
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    if getattr(args, "port", None) is not None:
+        overrides["grpc_port"] = args.port
+    settings = load_settings(**overrides)
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return settings
+
+
+# ---------------------------------------------------------------- server-side commands
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from backend.config import Settings
+    from backend.stores.catalog import migrate
+
+    settings = _settings(args)
+    assert isinstance(settings, Settings)
+    if not settings.database_url.get_secret_value():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if args.revision.startswith("-") or args.downgrade:
+        migrate.downgrade(settings.sql_url, args.revision)
+    else:
+        migrate.upgrade(settings.sql_url, args.revision)
+    print(f"database at revision {migrate.current_revision(settings.sql_url)}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from backend.app import build_app
+    from backend.config import Settings
+    from backend.transport.grpc.server import serve_forever
+
+    settings = _settings(args)
+    assert isinstance(settings, Settings)
+    app = build_app(settings)
+    try:
+        asyncio.run(serve_forever(app))
+    finally:
+        app.close()
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from backend.app import ensure_collection, make_encoder, open_vector_store, prepare_database
+    from backend.config import Settings
+    from backend.domain.indexing import Indexer
+    from backend.domain.ingest import ingest_file
+    from backend.errors import StoreBusy
+    from backend.stores.catalog.db import make_engine
+    from backend.stores.catalog.repository import CatalogRepository
+
+    settings = _settings(args)
+    assert isinstance(settings, Settings)
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"error: {path} not found", file=sys.stderr)
+        return 2
+    prepare_database(settings)
+    catalog = CatalogRepository(make_engine(settings.sql_url))
+    total = sum(1 for line in path.open(encoding="utf-8") if line.strip())
+    with tqdm(total=total, desc="catalog", unit="line") as bar:
+        report = ingest_file(path, catalog, progress=bar.update)
+    for bad in report.bad:
+        print(f"line {bad.line}: skipped: {bad.reason}", file=sys.stderr)
+    print(
+        f"{report.lines} lines: {report.changed} new or changed, {report.unchanged} unchanged, "
+        f"{len(report.bad)} skipped; catalog version {report.catalog_version}"
+    )
+    pending = catalog.pending_count()
+    if pending == 0:
+        print("index is up to date")
+        return 0 if not report.bad else 1
+    try:
+        vectors = open_vector_store(settings)
+    except StoreBusy:
+        print(f"{pending} products queued; the running server indexes them")
+        return 0 if not report.bad else 1
+    encoder = make_encoder(settings)
+    encoder.start()
+    ensure_collection(vectors, settings, encoder)
+    indexer = Indexer(catalog, vectors, encoder, settings.collection,
+                      settings.search.max_image_pixels)
+    with tqdm(total=pending, desc="index", unit="product") as bar:
+        stats = indexer.drain(settings.indexer_batch, progress=bar.update)
+    vectors.build_index(vectors.resolve(settings.collection))
+    vectors.close()
+    print(
+        f"indexed {stats.upserted_products} products ({stats.upserted_points} vectors), "
+        f"{stats.deleted_products} removed, {stats.image_errors} unreadable images"
+    )
+    return 0 if not report.bad else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from backend.config import Settings
+    from backend.demo import run_demo
+
+    settings = _settings(args)
+    assert isinstance(settings, Settings)
+    return run_demo(settings, products=args.products, serve=not args.exit)
+
+
+# ---------------------------------------------------------------- client commands
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import grpc
+
+    from backend.transport.grpc import client
+
+    try:
+        request = client.build_search_request(
+            image=Path(args.image) if args.image else None,
+            text=args.text or "",
+            product_id=args.product_id or "",
+            category=args.category or "",
+            where=client.parse_where(args.where),
+            min_price=args.min_price,
+            max_price=args.max_price,
+            in_stock=args.in_stock,
+            top_k=args.top_k,
+            diversify=args.diversify,
+        )
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        response = client.search(args.addr or client.default_addr(), request, args.timeout)
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    print(client.search_json(response) if args.json else client.search_table(response))
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prodsearch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str
+            ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.set_defaults(fn=fn)
+        return p
+
+    def server_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", help="data folder (PRODSEARCH_DATA_DIR)")
+        p.add_argument("--port", type=int, help="gRPC port (PRODSEARCH_GRPC_PORT)")
+
+    p = add("demo", cmd_demo, "build a catalog from real images, index it, serve, search")
+    server_opts(p)
+    p.add_argument("--products", type=int, default=800, help="catalog size (default 800)")
+    p.add_argument("--exit", action="store_true", help="exit after the example searches")
+
+    p = add("serve", cmd_serve, "run the gRPC server")
+    server_opts(p)
+
+    p = add("ingest", cmd_ingest, "load a JSONL catalog file and index it")
+    server_opts(p)
+    p.add_argument("file")
+
+    p = add("migrate", cmd_migrate, "apply database migrations (alembic upgrade)")
+    server_opts(p)
+    p.add_argument("revision", nargs="?", default="head")
+    p.add_argument("--downgrade", action="store_true", help="downgrade to the revision")
+
+    p = add("search", cmd_search, "search a running server")
+    q = p.add_mutually_exclusive_group(required=False)
+    p.add_argument("--image", help="query photo")
+    q.add_argument("--text", help="query text (English or Chinese)")
+    q.add_argument("--product-id", help="more like this product")
+    p.add_argument("--category", help="category path prefix, e.g. animals/birds")
+    p.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
+                   help="size, material, colour, brand or merchant; repeatable")
+    p.add_argument("--min-price", type=float)
+    p.add_argument("--max-price", type=float)
+    p.add_argument("--in-stock", action="store_true")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--diversify", action="store_true", help="diverse results (MMR)")
+    p.add_argument("--addr", help="server host:port (default 127.0.0.1:50051)")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.fn(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from backend.errors import DomainError
+
+        if isinstance(exc, DomainError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Catalog product -> vector-store payload, and the normalisation shared by payloads and filters
+(keyword values are matched case-insensitively, so both sides are lower-cased here)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from backend.domain.types import Filters, Product
+from backend.stores.vectors.base import PointPayload, category_prefixes
+
+
+def norm(value: str) -> str:
+    return value.strip().lower()
+
+
+def normalise_category(path: str) -> str:
+    return "/".join(norm(p) for p in path.strip("/").split("/") if p.strip())
+
+
+def product_payload(product: Product, position: int, model_version: str) -> PointPayload:
+    return PointPayload(
+        product_id=product.product_id,
+        position=position,
+        model_version=model_version,
+        catalog_version=product.catalog_version,
+        merchant=norm(product.merchant),
+        category=category_prefixes(normalise_category(product.category)),
+        size=norm(product.size),
+        material=norm(product.material),
+        colour=norm(product.colour),
+        brand=norm(product.brand),
+        price=float(product.price),
+        in_stock=product.in_stock,
+        listed=product.listed,
+    )
+
+
+def mutable_payload(product: Product) -> dict[str, object]:
+    """The payload fields that change without re-encoding (stock, price, listing)."""
+    return {
+        "price": float(product.price),
+        "in_stock": product.in_stock,
+        "listed": product.listed,
+        "catalog_version": product.catalog_version,
+    }
+
+
+def normalise_filters(filters: Filters) -> Filters:
+    return replace(
+        filters,
+        category=normalise_category(filters.category),
+        sizes=[norm(v) for v in filters.sizes],
+        materials=[norm(v) for v in filters.materials],
+        colours=[norm(v) for v in filters.colours],
+        brands=[norm(v) for v in filters.brands],
+        merchants=[norm(v) for v in filters.merchants],
+        listed_or_merchants=(
+            None
+            if filters.listed_or_merchants is None
+            else [norm(v) for v in filters.listed_or_merchants]
+        ),
+    )

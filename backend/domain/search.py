@@ -1,0 +1,259 @@
+"""Search: photo, text, both, or "more like this", filtered inside the vector query, hydrated
+from the catalog in one batched query."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL.Image import Image
+
+from backend.config import SearchSettings
+from backend.domain.payload import normalise_filters
+from backend.domain.ports import VectorEncoder
+from backend.domain.types import Filters, SearchHit, SearchResult
+from backend.errors import InvalidInput, NotFound, NotReady
+from backend.stores.catalog.repository import CatalogRepository
+from backend.stores.vectors.base import ScoredPoint, VectorStore
+from encoders.localise import query_views
+from encoders.preprocess import decode_image
+
+# Points are per product image; fetch more than asked so that several images of one product
+# still leave top_k distinct products after grouping.
+_GROUP_OVERFETCH = 3
+_MMR_LAMBDA = 0.7
+
+
+@dataclass
+class SearchQuery:
+    image: bytes = b""
+    text: str = ""
+    product_id: str = ""
+    filters: Filters = field(default_factory=Filters)
+    top_k: int = 0
+    page_token: str = ""
+    diversify: bool = False
+    min_catalog_version: int = 0
+
+
+def encode_page_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode()
+
+
+def decode_page_token(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+        if not text.startswith("o:"):
+            raise ValueError(text)
+        offset = int(text[2:])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput("page_token is not one this server issued") from exc
+    if offset < 0 or offset > 10_000:
+        raise InvalidInput("page_token is out of range")
+    return offset
+
+
+class SearchService:
+    def __init__(
+        self,
+        catalog: CatalogRepository,
+        vectors: VectorStore,
+        encoder: VectorEncoder,
+        collection: str,
+        settings: SearchSettings,
+    ) -> None:
+        self._catalog = catalog
+        self._vectors = vectors
+        self._encoder = encoder
+        self._collection = collection
+        self._settings = settings
+        self.ready = False  # set once the models are warm
+
+    async def search(self, query: SearchQuery) -> SearchResult:
+        top_k = self.validate(query)
+        if not self.ready:
+            raise NotReady("the service is warming up; retry shortly")
+        offset = decode_page_token(query.page_token)
+        filters = normalise_filters(query.filters)
+        if filters.category and not await asyncio.to_thread(
+            self._catalog.category_exists, filters.category
+        ):
+            raise NotFound(f"unknown category {query.filters.category!r}")
+        reflected = await asyncio.to_thread(self._catalog.indexed_version)
+        if query.min_catalog_version > reflected:
+            raise NotReady(
+                f"catalog version {query.min_catalog_version} is not indexed yet "
+                f"(indexed: {reflected}); retry shortly"
+            )
+
+        collection = await asyncio.to_thread(self._vectors.resolve, self._collection)
+        limit = (offset + top_k) * _GROUP_OVERFETCH
+        if query.diversify:
+            limit = max(limit, 4 * (offset + top_k))
+        points, vector_name = await self._candidates(query, filters, collection, limit)
+        ranked = _best_per_product(points)
+        if query.diversify and vector_name:
+            ranked = _mmr(ranked, vector_name, offset + top_k)
+        page = ranked[offset : offset + top_k]
+        products = await asyncio.to_thread(
+            self._catalog.get_products, [p.payload.product_id for p in page]
+        )
+        hits = [
+            SearchHit(
+                product=products[p.payload.product_id],
+                score=p.score,
+                matched_image=p.payload.position if vector_name != "text" else -1,
+            )
+            for p in page
+            if p.payload.product_id in products
+        ]
+        more = len(ranked) > offset + top_k
+        return SearchResult(
+            hits=hits,
+            next_page_token=encode_page_token(offset + top_k) if more else "",
+            model_version=self._encoder.model_version,
+            catalog_version=reflected,
+        )
+
+    def validate(self, query: SearchQuery) -> int:
+        """Reject bad requests before any work is done; returns the effective top_k."""
+        given = [bool(query.image), bool(query.text.strip()), bool(query.product_id)]
+        if not any(given):
+            raise InvalidInput("empty query: give an image, a text or a product_id")
+        if query.product_id and (query.image or query.text.strip()):
+            raise InvalidInput("product_id (more like this) cannot be combined with image/text")
+        if len(query.text) > self._settings.max_text_chars:
+            raise InvalidInput(
+                f"text is {len(query.text)} characters; the limit is "
+                f"{self._settings.max_text_chars}"
+            )
+        if len(query.image) > self._settings.max_image_bytes:
+            raise InvalidInput(
+                f"image is {len(query.image)} bytes; the limit is {self._settings.max_image_bytes}"
+            )
+        top_k = query.top_k or self._settings.default_top_k
+        if not 1 <= top_k <= self._settings.max_top_k:
+            raise InvalidInput(f"top_k must be between 1 and {self._settings.max_top_k}")
+        validate_filters(query.filters)
+        return top_k
+
+    async def _candidates(
+        self, query: SearchQuery, filters: Filters, collection: str, limit: int
+    ) -> tuple[list[ScoredPoint], str]:
+        with_vectors = query.diversify
+        dims = self._encoder.dims
+        if query.product_id:
+            name = "fused" if "fused" in dims else "image"
+            vector = await self._product_vector(query.product_id, collection, name)
+            if vector is None:
+                name = "text"
+                vector = await self._product_vector(query.product_id, collection, name)
+            if vector is None:
+                raise NotFound(f"product {query.product_id!r} is not indexed")
+            filters.exclude_product_ids = [*filters.exclude_product_ids, query.product_id]
+            points = await asyncio.to_thread(
+                self._vectors.search, collection, name, vector, filters, limit, 0, with_vectors
+            )
+            return points, name
+
+        views: list[Image] = []
+        if query.image:
+            image = await asyncio.to_thread(
+                decode_image,
+                query.image,
+                max_bytes=self._settings.max_image_bytes,
+                max_pixels=self._settings.max_image_pixels,
+            )
+            views = await asyncio.to_thread(query_views, image)
+        text = query.text.strip() or None
+        # Every view goes through the batcher at once, so they share one forward pass.
+        encoded = await asyncio.gather(
+            *(self._encoder.encode(view, text) for view in views)
+        ) if views else [await self._encoder.encode(None, text)]
+
+        def run(vectors: dict[str, np.ndarray]) -> list[ScoredPoint]:
+            if "fused" in vectors:
+                return self._vectors.search(
+                    collection, "fused", vectors["fused"], filters, limit, 0, with_vectors)
+            if "image" in vectors and "text" in vectors:
+                # Until a trained fused vector exists, combine modalities by rank fusion.
+                return self._vectors.search_hybrid(
+                    collection, {"image": vectors["image"], "text": vectors["text"]},
+                    filters, limit)
+            name = "image" if "image" in vectors else "text"
+            return self._vectors.search(
+                collection, name, vectors[name], filters, limit, 0, with_vectors)
+
+        results = await asyncio.gather(*(asyncio.to_thread(run, v) for v in encoded))
+        first = encoded[0]
+        name = "fused" if "fused" in first else (
+            "" if "image" in first and "text" in first else
+            "image" if "image" in first else "text")
+        return _best_per_point(results), name
+    async def _product_vector(
+        self, product_id: str, collection: str, name: str
+    ) -> np.ndarray | None:
+        found = await asyncio.to_thread(self._vectors.get_vectors, collection, product_id, name)
+        if not found:
+            return None
+        # Several images: their mean direction represents the product.
+        mean = np.mean([v for _, v in found], axis=0)
+        norm = float(np.linalg.norm(mean))
+        return (mean / norm).astype(np.float32) if norm > 0 else None
+
+
+def validate_filters(filters: Filters) -> None:
+    price = filters.price
+    for label, value in (("min_price", price.min), ("max_price", price.max)):
+        if value is not None and (math.isnan(value) or math.isinf(value) or value < 0):
+            raise InvalidInput(f"{label} must be a finite number >= 0")
+    if price.min is not None and price.max is not None and price.min > price.max:
+        raise InvalidInput("min_price is greater than max_price")
+    for values in filters.keyword_values().values():
+        if any(not v.strip() or len(v) > 200 for v in values):
+            raise InvalidInput("filter values must be non-empty and at most 200 characters")
+
+
+def _best_per_point(results: list[list[ScoredPoint]]) -> list[ScoredPoint]:
+    """Merge the results of several query views, keeping each point's best score."""
+    if len(results) == 1:
+        return results[0]
+    best: dict[str, ScoredPoint] = {}
+    for points in results:
+        for point in points:
+            if point.id not in best or point.score > best[point.id].score:
+                best[point.id] = point
+    return list(best.values())
+
+
+def _best_per_product(points: list[ScoredPoint]) -> list[ScoredPoint]:
+    """Keep the best-scoring image of each product, in score order."""
+    seen: set[str] = set()
+    out: list[ScoredPoint] = []
+    for point in sorted(points, key=lambda p: -p.score):
+        if point.payload.product_id not in seen:
+            seen.add(point.payload.product_id)
+            out.append(point)
+    return out
+
+
+def _mmr(points: list[ScoredPoint], name: str, k: int) -> list[ScoredPoint]:
+    """Maximal marginal relevance: trade a little similarity for results that differ."""
+    candidates = [p for p in points if name in p.vectors]
+    chosen: list[ScoredPoint] = []
+    while candidates and len(chosen) < k:
+        def gain(p: ScoredPoint) -> float:
+            redundancy = max(
+                (float(np.dot(p.vectors[name], c.vectors[name])) for c in chosen), default=0.0
+            )
+            return _MMR_LAMBDA * p.score - (1 - _MMR_LAMBDA) * redundancy
+
+        best = max(candidates, key=gain)
+        chosen.append(best)
+        candidates.remove(best)
+    return chosen

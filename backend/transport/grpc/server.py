@@ -1,0 +1,148 @@
+"""The gRPC server: grpc.aio, health (SERVING only once the models are warm), reflection,
+a background indexer draining the outbox, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from backend.app import App
+from backend.transport.grpc.generated.product_search.v1 import product_search_pb2 as pb
+from backend.transport.grpc.generated.product_search.v1 import product_search_pb2_grpc as rpc
+from backend.transport.grpc.servicers import CatalogServicer, ProductSearchServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    pb.DESCRIPTOR.services_by_name["ProductSearch"].full_name,
+    pb.DESCRIPTOR.services_by_name["Catalog"].full_name,
+)
+
+
+class Server:
+    def __init__(self, app: App, host: str | None = None, port: int | None = None) -> None:
+        self.app = app
+        self._host = host or app.settings.grpc_host
+        self._port = app.settings.grpc_port if port is None else port
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", 2 * app.settings.search.max_image_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self._health = health_aio.HealthServicer()
+        self._indexer_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.port = 0
+
+    async def start(self) -> int:
+        s = self._server
+        rpc.add_ProductSearchServicer_to_server(
+            ProductSearchServicer(self.app.search, self.app.catalog), s
+        )
+        rpc.add_CatalogServicer_to_server(CatalogServicer(self.app.catalog_service), s)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, s)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), s
+        )
+        self.port = s.add_insecure_port(f"{self._host}:{self._port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {self._host}:{self._port}")
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await s.start()
+        log.info("listening on %s:%d; warming up models", self._host, self.port)
+        await self._warm_up()
+        self._indexer_task = asyncio.create_task(self._index_loop(), name="indexer")
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving (model %s)", self.app.encoder.model_version)
+        return self.port
+
+    async def _warm_up(self) -> None:
+        await asyncio.to_thread(self.app.encoder.start)
+        self.app.search.ready = True
+
+    async def _index_loop(self) -> None:
+        app = self.app
+        poll = app.settings.indexer_poll_ms / 1000
+        while not self._stopping.is_set():
+            try:
+                stats = await asyncio.to_thread(
+                    app.indexer.drain_once, app.settings.indexer_batch
+                )
+            except Exception:
+                # The rows stay pending and are retried; a broken store must not stop serving.
+                log.exception("indexer pass failed; retrying")
+                await asyncio.sleep(1.0)
+                continue
+            if stats.rows:
+                continue
+            woke = await asyncio.to_thread(app.index_wakeup.wait, poll)
+            if woke:
+                app.index_wakeup.clear()
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.app.settings.shutdown_grace_s if grace is None else grace
+        self._stopping.set()
+        self.app.index_wakeup.set()
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        if self._indexer_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._indexer_task
+        await self.app.encoder.stop()
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def serve_forever(app: App) -> None:
+    server = Server(app)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, done.set)
+    await done.wait()
+    log.info("shutting down (grace %.1f s)", app.settings.shutdown_grace_s)
+    await server.stop()
+
+
+class BackgroundServer:
+    """Runs a Server on its own event loop in a daemon thread: for tests, benchmarks and the
+    embedded demo, where the caller stays synchronous."""
+
+    def __init__(self, app: App, host: str = "127.0.0.1", port: int = 0) -> None:
+        import threading
+
+        self._app, self._host, self._port = app, host, port
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="grpc-server")
+        self._server: Server | None = None
+        self.addr = ""
+
+    def start(self, timeout: float = 300.0) -> str:
+        self._thread.start()
+
+        async def start() -> int:
+            self._server = Server(self._app, self._host, self._port)
+            return await self._server.start()
+
+        port = asyncio.run_coroutine_threadsafe(start(), self._loop).result(timeout)
+        self.addr = f"{self._host}:{port}"
+        return self.addr
+
+    def stop(self, grace: float = 0.5) -> None:
+        if self._server is not None:
+            asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop).result(60)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)

@@ -1,0 +1,131 @@
+"""gRPC servicers: convert, call the domain service, convert back. Errors go through the one
+table in errors.py."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from backend.domain.catalog import CatalogService
+from backend.domain.search import SearchService
+from backend.domain.types import ProductInput
+from backend.errors import InvalidInput, NotFound
+from backend.stores.catalog.repository import CatalogRepository
+from backend.transport.grpc import convert
+from backend.transport.grpc.errors import status_for
+from backend.transport.grpc.generated.product_search.v1 import product_search_pb2 as pb
+from backend.transport.grpc.generated.product_search.v1 import product_search_pb2_grpc as rpc
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def mapped_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Turn domain errors into status codes; anything unexpected into INTERNAL + a logged
+    traceback (the client never sees internals)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await method(self, request, context)
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            code, message = status_for(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("unexpected error in %s", method.__name__)
+            await context.abort(code, message)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+class ProductSearchServicer(rpc.ProductSearchServicer):
+    def __init__(self, search: SearchService, catalog: CatalogRepository) -> None:
+        self._search = search
+        self._catalog = catalog
+
+    @mapped_errors
+    async def Search(
+        self, request: pb.SearchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SearchResponse:
+        result = await self._search.search(convert.search_query_from_pb(request))
+        return pb.SearchResponse(
+            hits=[
+                pb.SearchHit(
+                    product=convert.product_to_pb(h.product),
+                    score=h.score,
+                    matched_image=h.matched_image,
+                )
+                for h in result.hits
+            ],
+            next_page_token=result.next_page_token,
+            model_version=result.model_version,
+            catalog_version=result.catalog_version,
+        )
+
+    @mapped_errors
+    async def GetProduct(
+        self, request: pb.GetProductRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Product:
+        if request.product_id:
+            product = await asyncio.to_thread(self._catalog.get_product, request.product_id)
+        elif request.sku and request.merchant:
+            found = await asyncio.to_thread(
+                self._catalog.find_by_sku, request.merchant, request.sku
+            )
+            if found is None:
+                raise NotFound(f"no product with sku {request.sku!r} for {request.merchant!r}")
+            product = found
+        else:
+            raise InvalidInput("give product_id, or sku and merchant")
+        return convert.product_to_pb(product)
+
+
+class CatalogServicer(rpc.CatalogServicer):
+    def __init__(self, catalog: CatalogService, max_batch: int = 1000) -> None:
+        self._catalog = catalog
+        self._max_batch = max_batch
+
+    @mapped_errors
+    async def UpsertProducts(
+        self, request_iterator: AsyncIterator[pb.Product], context: grpc.aio.ServicerContext
+    ) -> pb.UpsertProductsResponse:
+        items: list[ProductInput] = []
+        async for message in request_iterator:
+            if len(items) >= self._max_batch:
+                raise InvalidInput(f"at most {self._max_batch} products per call")
+            items.append(convert.product_input_from_pb(message))
+        outcomes = await asyncio.to_thread(self._catalog.upsert, items)
+        return pb.UpsertProductsResponse(
+            upserted=sum(1 for o in outcomes if o.changed),
+            product_ids=[o.product_id for o in outcomes],
+            catalog_version=max((o.catalog_version for o in outcomes), default=0),
+        )
+
+    @mapped_errors
+    async def DeleteProducts(
+        self, request: pb.DeleteProductsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteProductsResponse:
+        deleted, version = await asyncio.to_thread(
+            self._catalog.delete, list(request.product_ids)
+        )
+        return pb.DeleteProductsResponse(deleted=deleted, catalog_version=version)
+
+    @mapped_errors
+    async def UpdateInventory(
+        self, request: pb.UpdateInventoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateInventoryResponse:
+        changes = [convert.inventory_change_from_pb(u) for u in request.updates]
+        updated, version = await asyncio.to_thread(self._catalog.update_inventory, changes)
+        return pb.UpdateInventoryResponse(updated=updated, catalog_version=version)
