@@ -23,6 +23,7 @@ SIZES = ("XS", "S", "M", "L", "XL")
 BRANDS = ("Acme", "Nordwind", "Lumen", "Kiko", "Orbis", "Tessera")
 MERCHANTS = ("north-shop", "south-shop")
 WAREHOUSES = ("berlin", "lyon")
+MAX_PIXELS = 4_000_000
 
 
 class ImagesMissing(RuntimeError):
@@ -60,9 +61,18 @@ def pick_images(root: Path, count: int, seed: int = 7) -> list[Path]:
     queues = [by_category[c] for c in sorted(by_category)]
     while len(picked) < count and any(queues):
         for queue in queues:
-            if queue and len(picked) < count:
-                picked.append(queue.pop())
+            while queue and len(picked) < count:
+                path = queue.pop()
+                if _reasonable_size(path):
+                    picked.append(path)
+                    break
     return picked
+
+
+def _reasonable_size(path: Path) -> bool:
+    """A few openclipart files are posters of 100+ megapixels: fine art, poor products."""
+    with Image.open(path) as img:  # reads the header only
+        return img.width * img.height <= MAX_PIXELS
 
 
 def title_from_filename(path: Path) -> str:

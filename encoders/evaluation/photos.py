@@ -1,0 +1,156 @@
+"""Photo-like renderings of catalog images: what a shopper's or a warehouse worker's phone
+sees. Used for evaluation (the `shelf` task), for training invariance, for the demo's query
+photo and for multi-item restock tests. Deterministic for a given `random.Random`."""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class PhotoStyle:
+    """How hard a rendering is. `easy` is a product photo (item fills the frame on a plain
+    surface); `shelf` is a small, off-centre item among distractors on a cluttered shelf."""
+
+    canvas: int = 320
+    item_scale: tuple[float, float] = (0.6, 0.85)  # item's longer side / canvas
+    rotation: float = 10.0  # degrees, either way
+    perspective: float = 0.0  # corner jitter as a fraction of the item size
+    distractors: tuple[int, int] = (0, 0)
+    texture: float = 0.15  # 0 = flat tint, 1 = pure noise
+    lighting: float = 0.1  # brightness/contrast/colour jitter
+    blur: tuple[float, float] = (0.3, 0.8)
+    jpeg_quality: tuple[int, int] = (75, 90)
+
+
+EASY = PhotoStyle()
+SHELF = PhotoStyle(
+    canvas=384,
+    item_scale=(0.3, 0.6),
+    rotation=20.0,
+    perspective=0.12,
+    distractors=(2, 5),
+    texture=0.45,
+    lighting=0.3,
+    blur=(0.3, 1.5),
+    jpeg_quality=(45, 85),
+)
+
+
+def _rgba(image: Image.Image) -> Image.Image:
+    return image if image.mode == "RGBA" else image.convert("RGBA")
+
+
+def _item_layer(item: Image.Image, side: int, style: PhotoStyle, rng: random.Random
+                ) -> Image.Image:
+    """The item scaled to `side` pixels (longer side), warped and rotated, with alpha."""
+    layer = _rgba(item).copy()
+    layer.thumbnail((side, side), Image.Resampling.LANCZOS)
+    if style.perspective > 0:
+        w, h = layer.size
+        j = style.perspective
+        corners = [(rng.uniform(-j, j) * w + x, rng.uniform(-j, j) * h + y)
+                   for x, y in ((0, 0), (w, 0), (w, h), (0, h))]
+        layer = layer.transform(
+            (w, h), Image.Transform.PERSPECTIVE, _perspective_coeffs(corners, w, h),
+            Image.Resampling.BICUBIC)
+    angle = rng.uniform(-style.rotation, style.rotation)
+    return layer.rotate(angle, expand=True, resample=Image.Resampling.BICUBIC)
+
+
+def _perspective_coeffs(src: Sequence[tuple[float, float]], w: int, h: int) -> tuple[float, ...]:
+    """Coefficients mapping the output rectangle onto the jittered source quadrilateral."""
+    dst = [(0, 0), (w, 0), (w, h), (0, h)]
+    rows = []
+    for (x, y), (u, v) in zip(dst, src, strict=True):
+        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+    a = np.array(rows, dtype=np.float64)
+    b = np.array([c for point in src for c in point], dtype=np.float64)
+    return tuple(float(c) for c in np.linalg.solve(a, b))
+
+
+def _background(size: int, style: PhotoStyle, rng: random.Random) -> Image.Image:
+    tint = Image.new("RGB", (size, size), tuple(rng.randrange(90, 235) for _ in range(3)))
+    noise = Image.effect_noise((size, size), rng.uniform(20, 60)).convert("RGB")
+    noise = noise.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 2.0)))
+    background = Image.blend(tint, noise, style.texture)
+    # A soft light gradient, as from a window or a shelf lamp.
+    ramp = np.linspace(rng.uniform(0.75, 1.0), rng.uniform(1.0, 1.2), size, dtype=np.float32)
+    ramp = ramp[:, None] if rng.random() < 0.5 else ramp[None, :]
+    pixels = np.asarray(background, dtype=np.float32) * ramp[..., None]
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def _finish(photo: Image.Image, style: PhotoStyle, rng: random.Random) -> Image.Image:
+    light = style.lighting
+    if light > 0:
+        photo = ImageEnhance.Brightness(photo).enhance(rng.uniform(1 - light, 1 + light))
+        photo = ImageEnhance.Contrast(photo).enhance(rng.uniform(1 - light, 1 + light / 2))
+        cast = np.array([rng.uniform(1 - light / 3, 1 + light / 3) for _ in range(3)])
+        pixels = np.asarray(photo, dtype=np.float32) * cast
+        photo = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    photo = photo.filter(ImageFilter.GaussianBlur(rng.uniform(*style.blur)))
+    out = io.BytesIO()
+    photo.save(out, format="JPEG", quality=rng.randint(*style.jpeg_quality))
+    out.seek(0)
+    return Image.open(out).convert("RGB")
+
+
+def render_photo(
+    item: Image.Image,
+    rng: random.Random,
+    style: PhotoStyle = EASY,
+    distractors: Sequence[Image.Image] = (),
+) -> tuple[Image.Image, Box]:
+    """A photo of one catalog item; returns the photo and the item's box in it.
+    `distractors` are other catalog images that may appear around (and under) the item."""
+    size = style.canvas
+    photo = _background(size, style, rng)
+    low, high = style.distractors
+    for other in rng.sample(list(distractors), min(len(distractors), rng.randint(low, high))):
+        layer = _item_layer(other, int(size * rng.uniform(0.25, 0.5)), style, rng)
+        photo.paste(layer, (rng.randrange(-layer.width // 3, size - layer.width // 2),
+                            rng.randrange(-layer.height // 3, size - layer.height // 2)), layer)
+    layer = _item_layer(item, int(size * rng.uniform(*style.item_scale)), style, rng)
+    x = rng.randrange(0, max(1, size - layer.width))
+    y = rng.randrange(0, max(1, size - layer.height))
+    photo.paste(layer, (x, y), layer)
+    box = (x, y, min(size, x + layer.width), min(size, y + layer.height))
+    return _finish(photo, style, rng), box
+
+
+def render_shelf(
+    items: Sequence[Image.Image],
+    rng: random.Random,
+    size: tuple[int, int] = (768, 384),
+    style: PhotoStyle = SHELF,
+) -> tuple[Image.Image, list[Box]]:
+    """Several items side by side on one shelf photo (the restock case); returns the photo
+    and each item's box, in the order of `items`."""
+    width, height = size
+    photo = _background(max(size), style, rng).crop((0, 0, width, height))
+    slot = width // max(1, len(items))
+    boxes: list[Box] = []
+    for n, item in enumerate(items):
+        side = int(min(slot, height) * rng.uniform(0.65, 0.9))
+        layer = _item_layer(item, side, style, rng)
+        x = n * slot + rng.randrange(0, max(1, slot - layer.width))
+        y = rng.randrange(0, max(1, height - layer.height))
+        photo.paste(layer, (x, y), layer)
+        boxes.append((x, y, min(width, x + layer.width), min(height, y + layer.height)))
+    return _finish(photo, style, rng), boxes
+
+
+def photo_jpeg(photo: Image.Image, quality: int = 85) -> bytes:
+    out = io.BytesIO()
+    photo.save(out, format="JPEG", quality=quality)
+    return out.getvalue()
