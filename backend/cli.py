@@ -64,6 +64,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from backend.app import make_encoder
+    from backend.config import Settings
+    from backend.transport.grpc.encoder_service import EncoderServer, serve_worker
+    from encoders.worker import EncoderWorker
+
+    settings = _settings(args)
+    assert isinstance(settings, Settings)
+    # The worker encodes in-process whatever worker_url says (it IS the worker).
+    local = settings.model_copy(
+        update={"encoder": settings.encoder.model_copy(update={"worker_url": ""})}
+    )
+    worker = make_encoder(local)
+    assert isinstance(worker, EncoderWorker)
+    server = EncoderServer(
+        worker,
+        args.host or settings.grpc_host,
+        settings.encoder.worker_port if args.port is None else args.port,
+        max_image_bytes=settings.search.max_image_bytes,
+        max_image_pixels=settings.search.max_image_pixels,
+        runtime=getattr(worker.encoder, "runtime", "torch"),
+    )
+    asyncio.run(serve_worker(server))
+    return 0
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -183,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("serve", cmd_serve, "run the gRPC server")
     server_opts(p)
+
+    p = add("worker", cmd_worker, "run an encoder worker (Encoder gRPC service)")
+    p.add_argument("--host", help="listen address (PRODSEARCH_GRPC_HOST)")
+    p.add_argument("--port", type=int,
+                   help="gRPC port (PRODSEARCH_ENCODER__WORKER_PORT, default 50061)")
 
     p = add("ingest", cmd_ingest, "load a JSONL catalog file and index it")
     server_opts(p)
