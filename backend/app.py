@@ -11,7 +11,9 @@ from sqlalchemy import Engine
 from backend.config import Settings
 from backend.domain.catalog import CatalogService, ImageBlobStore
 from backend.domain.indexing import Indexer, collection_spec
+from backend.domain.match import MatchService
 from backend.domain.ports import VectorEncoder
+from backend.domain.restock import RestockService
 from backend.domain.search import SearchService
 from backend.stores.catalog import migrate
 from backend.stores.catalog.db import make_engine
@@ -85,6 +87,8 @@ class App:
     indexer: Indexer
     search: SearchService
     catalog_service: CatalogService
+    match: MatchService
+    restock: RestockService
     index_wakeup: threading.Event = field(default_factory=threading.Event)
 
     def ensure_collection(self) -> None:
@@ -138,6 +142,9 @@ def build_app(settings: Settings, encoder: VectorEncoder | None = None) -> App:
             settings.search.max_image_pixels,
             on_write=wakeup,
         ),
+        match=MatchService(catalog, vectors, encoder, settings.collection, settings.search,
+                           settings.data_dir),
+        restock=RestockService(catalog, vectors, encoder, settings.collection, settings.search),
         index_wakeup=wakeup,
     )
     app.ensure_collection()

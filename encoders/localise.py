@@ -58,3 +58,54 @@ def query_views(image: Image.Image) -> list[Image.Image]:
     one stands out. Search keeps each catalog item's best score over the views."""
     item = isolate_item(image)
     return [image] if item is None else [image, item]
+
+
+def item_boxes(image: Image.Image, max_items: int = 8, grid: int = 96
+               ) -> list[tuple[int, int, int, int]]:
+    """Boxes of the separate items standing out from the background (largest first), found as
+    connected regions of the foreground mask on a coarse grid. Empty when nothing stands out."""
+    found = foreground_box(image)
+    if found is None:
+        return []
+    _, mask = found
+    height, width = mask.shape
+    cell = max(1, max(height, width) // grid)
+    rows, cols = height // cell, width // cell
+    coarse = mask[: rows * cell, : cols * cell].reshape(rows, cell, cols, cell).mean(axis=(1, 3))
+    occupied = coarse > 0.2
+    seen = np.zeros_like(occupied)
+    boxes: list[tuple[int, tuple[int, int, int, int]]] = []
+    for r0, c0 in zip(*np.nonzero(occupied), strict=True):
+        if seen[r0, c0]:
+            continue
+        stack, cells = [(int(r0), int(c0))], []
+        seen[r0, c0] = True
+        while stack:
+            r, c = stack.pop()
+            cells.append((r, c))
+            # 8-connected, with a one-cell gap allowed: thin outlines stay one item.
+            for dr in (-2, -1, 0, 1, 2):
+                for dc in (-2, -1, 0, 1, 2):
+                    nr, nc = r + dr, c + dc
+                    if 0 <= nr < rows and 0 <= nc < cols and occupied[nr, nc] \
+                            and not seen[nr, nc]:
+                        seen[nr, nc] = True
+                        stack.append((nr, nc))
+        if len(cells) < 6:  # specks of noise, not items
+            continue
+        rs = [r for r, _ in cells]
+        cs = [c for _, c in cells]
+        boxes.append((len(cells), (min(cs) * cell, min(rs) * cell,
+                                   (max(cs) + 1) * cell, (max(rs) + 1) * cell)))
+    boxes.sort(key=lambda b: -b[0])
+    return [box for _, box in boxes[:max_items]]
+
+
+def isolate_box(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """The region `box` with its background painted white (as in catalog images)."""
+    found = foreground_box(image)
+    pixels = np.asarray(image.convert("RGB")).copy()
+    if found is not None:
+        pixels[~found[1]] = 255
+    left, top, right, bottom = box
+    return Image.fromarray(pixels[top:bottom, left:right])

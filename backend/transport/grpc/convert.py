@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from backend.domain import types as d
+from backend.domain.match import Listing
 from backend.domain.search import SearchQuery
 from backend.errors import InvalidInput
 from backend.stores.catalog.repository import InventoryChange
@@ -123,4 +124,19 @@ def inventory_change_from_pb(msg: pb.InventoryUpdate) -> InventoryChange:
         reorder_point=msg.reorder_point if msg.HasField("reorder_point") else None,
         price=msg.price.amount if msg.HasField("price") else None,
         currency=msg.price.currency if msg.HasField("price") and msg.price.currency else None,
+    )
+
+
+def listing_from_pb(msg: pb.Product) -> Listing:
+    if any(i.uri for i in msg.images):
+        raise InvalidInput("listing photos must be sent as bytes (images[].content)")
+    return Listing(
+        title=msg.title,
+        description=msg.description,
+        images=[i.content for i in msg.images if i.content],
+        size=msg.size,
+        material=msg.material,
+        colour=msg.colour,
+        brand=msg.brand,
+        merchant=msg.merchant,
     )

@@ -12,9 +12,12 @@ from typing import Any, TypeVar
 import grpc
 
 from backend.domain.catalog import CatalogService
+from backend.domain.match import MatchService
+from backend.domain.restock import RestockService
 from backend.domain.search import SearchService
 from backend.domain.types import ProductInput
 from backend.errors import InvalidInput, NotFound
+from backend.security import current as current_principal
 from backend.stores.catalog.repository import CatalogRepository
 from backend.transport.grpc import convert
 from backend.transport.grpc.errors import status_for
@@ -51,9 +54,17 @@ def mapped_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
 
 class ProductSearchServicer(rpc.ProductSearchServicer):
-    def __init__(self, search: SearchService, catalog: CatalogRepository) -> None:
+    def __init__(
+        self,
+        search: SearchService,
+        catalog: CatalogRepository,
+        match: MatchService,
+        restock: RestockService,
+    ) -> None:
         self._search = search
         self._catalog = catalog
+        self._match = match
+        self._restock = restock
 
     @mapped_errors
     async def Search(
@@ -89,7 +100,51 @@ class ProductSearchServicer(rpc.ProductSearchServicer):
             product = found
         else:
             raise InvalidInput("give product_id, or sku and merchant")
+        if not current_principal().can_see(product):
+            # Not PERMISSION_DENIED: another merchant's unlisted product does not exist here.
+            raise NotFound("product not found")
         return convert.product_to_pb(product)
+
+    @mapped_errors
+    async def MatchProduct(
+        self, request: pb.MatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MatchResponse:
+        results = await self._match.match(convert.listing_from_pb(request.listing),
+                                          request.top_k)
+        return pb.MatchResponse(
+            candidates=[
+                pb.MatchCandidate(
+                    product=convert.product_to_pb(r.product),
+                    verdict=pb.Verdict.Value(r.verdict),
+                    probability=r.probability,
+                    similarity=r.similarity,
+                    diff=[pb.AttributeDiff(field=d.field, listing_value=d.listing_value,
+                                           catalog_value=d.catalog_value) for d in r.diff],
+                )
+                for r in results
+            ],
+            model_version=self._search.model_version,
+        )
+
+    @mapped_errors
+    async def FindRestockMatches(
+        self, request: pb.RestockRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RestockResponse:
+        matches = await self._restock.find(request.image, request.warehouse, request.bin,
+                                           request.top_k)
+        return pb.RestockResponse(
+            matches=[
+                pb.RestockMatch(
+                    product=convert.product_to_pb(m.product),
+                    score=m.score,
+                    box=pb.Box(x0=m.box[0], y0=m.box[1], x1=m.box[2], y1=m.box[3]),
+                    stock=[convert.stock_to_pb(s) for s in m.stock],
+                    low_stock=m.low_stock,
+                )
+                for m in matches
+            ],
+            model_version=self._search.model_version,
+        )
 
 
 class CatalogServicer(rpc.CatalogServicer):

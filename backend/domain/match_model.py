@@ -1,0 +1,120 @@
+"""Is a listing the same product as a catalog item? Features of a (listing, item) pair and a
+calibrated three-way classifier (SAME / VARIANT / DIFFERENT) over them.
+
+The classifier is a multinomial logistic regression: few features, so it needs few labelled
+pairs, and its probabilities are well calibrated by construction (it minimises log loss).
+A calibration belongs to one model version: vectors of another version mean other scales."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+VERDICTS = ("SAME", "VARIANT", "DIFFERENT")
+ATTRIBUTES = ("size", "material", "colour", "brand")
+FEATURES = (
+    "image_sim", "text_sim", "has_image", "size_diff", "material_diff", "colour_diff",
+    "brand_diff", "n_diff",
+)
+
+
+@dataclass(frozen=True)
+class AttributeDiff:
+    field: str
+    listing_value: str
+    catalog_value: str
+
+
+def attribute_diffs(listing: dict[str, str], catalog: dict[str, str]) -> list[AttributeDiff]:
+    """Attributes known on both sides that differ (case and spacing ignored)."""
+    diffs = []
+    for name in ATTRIBUTES:
+        a, b = listing.get(name, "").strip(), catalog.get(name, "").strip()
+        if a and b and a.lower() != b.lower():
+            diffs.append(AttributeDiff(name, a, b))
+    return diffs
+
+
+def pair_features(image_sim: float | None, text_sim: float, diffs: list[AttributeDiff]
+                  ) -> np.ndarray:
+    names = {d.field for d in diffs}
+    return np.array(
+        [
+            image_sim if image_sim is not None else 0.0,
+            text_sim,
+            0.0 if image_sim is None else 1.0,
+            *(1.0 if a in names else 0.0 for a in ATTRIBUTES),
+            float(len(diffs)),
+        ],
+        dtype=np.float32,
+    )
+
+
+def best_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Max cosine between any row of a and any row of b (rows are L2-normalised)."""
+    return float((np.atleast_2d(a) @ np.atleast_2d(b).T).max())
+
+
+@dataclass
+class MatchCalibration:
+    model_version: str
+    weights: np.ndarray  # (len(FEATURES) + 1, 3): last row is the bias
+    mean: np.ndarray
+    scale: np.ndarray
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        x = (np.atleast_2d(features) - self.mean) / self.scale
+        logits = np.hstack([x, np.ones((len(x), 1))]) @ self.weights
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return np.asarray(p / p.sum(axis=1, keepdims=True))
+
+    @classmethod
+    def fit(cls, features: np.ndarray, labels: np.ndarray, model_version: str,
+            l2: float = 1e-3) -> MatchCalibration:
+        mean = features.mean(axis=0)
+        scale = features.std(axis=0) + 1e-6
+        x = torch.tensor((features - mean) / scale, dtype=torch.float64)
+        x = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
+        y = torch.tensor(labels, dtype=torch.long)
+        w = torch.zeros(x.shape[1], len(VERDICTS), dtype=torch.float64, requires_grad=True)
+        optimiser = torch.optim.LBFGS([w], max_iter=500, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            optimiser.zero_grad()
+            loss = torch.nn.functional.cross_entropy(x @ w, y) + l2 * (w[:-1] ** 2).sum()
+            loss.backward()
+            return loss
+
+        optimiser.step(closure)
+        return cls(model_version, w.detach().numpy().copy(), mean, scale)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({
+            "model_version": self.model_version,
+            "features": list(FEATURES),
+            "verdicts": list(VERDICTS),
+            "weights": self.weights.tolist(),
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+        }, indent=1))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> MatchCalibration:
+        data = json.loads(path.read_text())
+        if tuple(data["features"]) != FEATURES or tuple(data["verdicts"]) != VERDICTS:
+            raise ValueError(f"{path} was made for other match features; recalibrate")
+        return cls(data["model_version"], np.array(data["weights"]), np.array(data["mean"]),
+                   np.array(data["scale"]))
+
+
+def calibration_path(data_dir: Path, model_version: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_version)
+    return data_dir / "calibration" / f"match-{safe}.json"

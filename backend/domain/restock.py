@@ -1,0 +1,137 @@
+"""FindRestockMatches: a warehouse photo of a shelf -> the catalog SKUs it shows, each with
+its box, score and stock in that warehouse (low-stock flagged).
+
+No detector weights exist offline, so items are proposed from the photo itself: separate
+regions that stand out from the background (each isolated on white, like a catalog image),
+plus sliding windows for items that do not stand out. Each proposal is matched; each product
+keeps its best proposal; overlapping proposals keep only their best product."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from PIL.Image import Image
+
+from backend.config import SearchSettings
+from backend.domain.ports import VectorEncoder
+from backend.domain.types import Filters, Product, StockLevel
+from backend.errors import InvalidInput
+from backend.stores.catalog.repository import CatalogRepository
+from backend.stores.vectors.base import VectorStore
+from encoders.image import crop_boxes
+from encoders.localise import isolate_box, item_boxes
+from encoders.preprocess import decode_image
+
+Box = tuple[int, int, int, int]
+
+# Cosine below which a proposal is background, not a catalog item (pretrained backbone).
+MIN_SCORE = 0.55
+# A proposal this far below the best match of the photo is a partial view, not another item.
+MAX_GAP = 0.3
+MAX_OVERLAP = 0.3
+_WINDOW_SCALES = (0.9, 0.6)
+
+
+@dataclass
+class RestockMatch:
+    product: Product
+    score: float
+    box: Box
+    stock: list[StockLevel]
+    low_stock: bool
+
+
+def overlap_of_smaller(a: Box, b: Box) -> float:
+    """Intersection over the smaller box: a window around an item and the item's own box."""
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return ix * iy / smaller if smaller > 0 else 0.0
+
+
+def proposals(image: Image) -> list[tuple[Box, Image]]:
+    """Candidate item regions with the image each is encoded from."""
+    out: list[tuple[Box, Image]] = []
+    for box in item_boxes(image):
+        out.append((box, isolate_box(image, box)))
+    for box in crop_boxes(image.width, image.height, _WINDOW_SCALES, 0.5):
+        out.append((box, image.crop(box)))
+    return out
+
+
+def select(candidates: list[tuple[float, str, Box]], top_k: int) -> list[tuple[float, str, Box]]:
+    """Best proposal per product, then greedy suppression of overlapping boxes."""
+    best: dict[str, tuple[float, str, Box]] = {}
+    for score, product_id, box in candidates:
+        if product_id not in best or score > best[product_id][0]:
+            best[product_id] = (score, product_id, box)
+    ranked = sorted(best.values(), key=lambda c: -c[0])
+    if not ranked:
+        return []
+    floor = max(MIN_SCORE, ranked[0][0] - MAX_GAP)
+    chosen: list[tuple[float, str, Box]] = []
+    for score, product_id, box in ranked:
+        if score < floor:
+            break
+        if all(overlap_of_smaller(box, c[2]) < MAX_OVERLAP for c in chosen):
+            chosen.append((score, product_id, box))
+        if len(chosen) == top_k:
+            break
+    return chosen
+
+
+class RestockService:
+    def __init__(
+        self,
+        catalog: CatalogRepository,
+        vectors: VectorStore,
+        encoder: VectorEncoder,
+        collection: str,
+        settings: SearchSettings,
+    ) -> None:
+        self._catalog = catalog
+        self._vectors = vectors
+        self._encoder = encoder
+        self._collection = collection
+        self._settings = settings
+
+    async def find(self, photo: bytes, warehouse: str, bin_: str = "", top_k: int = 5,
+                   filters: Filters | None = None) -> list[RestockMatch]:
+        if not photo:
+            raise InvalidInput("a restock query needs a photo")
+        if not warehouse.strip():
+            raise InvalidInput("a restock query needs a warehouse")
+        top_k = top_k or 5
+        if not 1 <= top_k <= 20:
+            raise InvalidInput("top_k must be between 1 and 20")
+        image = await asyncio.to_thread(
+            decode_image, photo, max_bytes=self._settings.max_image_bytes,
+            max_pixels=self._settings.max_image_pixels)
+        regions = await asyncio.to_thread(proposals, image)
+        encoded = await asyncio.gather(*(self._encoder.encode(crop, None) for _, crop in regions))
+        collection = await asyncio.to_thread(self._vectors.resolve, self._collection)
+        flt = filters or Filters()
+
+        def match_all() -> list[tuple[float, str, Box]]:
+            found = []
+            for (box, _), vectors in zip(regions, encoded, strict=True):
+                for point in self._vectors.search(collection, "image", vectors["image"], flt, 3):
+                    found.append((point.score, point.payload.product_id, box))
+            return found
+
+        chosen = select(await asyncio.to_thread(match_all), top_k)
+        products = await asyncio.to_thread(self._catalog.get_products, [c[1] for c in chosen])
+        matches = []
+        for score, product_id, box in chosen:
+            if product_id not in products:
+                continue
+            product = products[product_id]
+            stock = [s for s in product.inventory
+                     if s.warehouse == warehouse and (not bin_ or s.bin == bin_)]
+            matches.append(RestockMatch(product, score, box, stock,
+                                        low_stock=not stock or any(s.low for s in stock)))
+        # Highest score first; among (near) ties, what must be restocked comes first.
+        matches.sort(key=lambda m: (-round(m.score, 2), not m.low_stock))
+        return matches
+
