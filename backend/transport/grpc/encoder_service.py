@@ -225,18 +225,18 @@ class EncoderServer:
             max_image_pixels=max_image_pixels,
             runtime=runtime,
         )
-        self._server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", max(64 << 20, 2 * max_image_bytes)),
-                ("grpc.max_send_message_length", 64 << 20),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
+        self._options = [
+            ("grpc.max_receive_message_length", max(64 << 20, 2 * max_image_bytes)),
+            ("grpc.max_send_message_length", 64 << 20),
+            ("grpc.so_reuseport", 0),
+        ]
+        self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
         self.port = 0
 
     async def start(self) -> int:
-        s = self._server
+        # Created here, on the loop that will run it (grpc.aio binds to the current loop).
+        s = self._server = grpc.aio.server(options=self._options)
         rpc.add_EncoderServicer_to_server(self.servicer, s)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, s)
         reflection.enable_server_reflection(
@@ -257,7 +257,8 @@ class EncoderServer:
 
     async def stop(self, grace: float = 5.0) -> None:
         await self._health.enter_graceful_shutdown()
-        await self._server.stop(grace)
+        if self._server is not None:
+            await self._server.stop(grace)
         await self.worker.stop()
         self.servicer.close()
 
