@@ -146,12 +146,91 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import os
+
     from backend.config import Settings
     from backend.demo import run_demo
 
     settings = _settings(args)
     assert isinstance(settings, Settings)
+    if "PRODSEARCH_AUTH__ENABLED" not in os.environ:
+        # The embedded demo answers the README's client commands without a key; `serve`
+        # requires keys. The server logs a warning whenever auth is off.
+        settings = settings.model_copy(
+            update={"auth": settings.auth.model_copy(update={"enabled": False})})
     return run_demo(settings, products=args.products, serve=not args.exit)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from backend.app import prepare_database
+    from backend.config import Settings
+    from backend.security import ApiKeys
+    from backend.stores.catalog.db import make_engine
+    from backend.stores.catalog.repository import CatalogRepository
+
+    settings = _settings(args)
+    assert isinstance(settings, Settings)
+    prepare_database(settings)
+    engine = make_engine(settings.sql_url)
+    repo = CatalogRepository(engine)
+    try:
+        if args.keys_command == "create":
+            created = ApiKeys(repo).create(args.role, args.merchant, args.warehouse)
+            p = created.principal
+            print(f"created key {created.key_id}: role {p.role.value}, merchants "
+                  f"{','.join(p.merchants) or '-'}, warehouses {','.join(p.warehouses) or '-'}"
+                  "; it is shown only now: store it safely", file=sys.stderr)
+            print(created.key)
+            return 0
+        if args.keys_command == "revoke":
+            if ApiKeys(repo).revoke(args.key_id):
+                print(f"revoked key {args.key_id}")
+                return 0
+            print(f"error: no active key {args.key_id}", file=sys.stderr)
+            return 1
+        print(f"{'id':>4}  {'role':<10} {'merchants':<20} {'warehouses':<20} created"
+              f"{'  revoked' if args.all else ''}")
+        for row in repo.list_api_keys(include_revoked=args.all):
+            revoked = f"  {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else ""
+            print(f"{row.id:>4}  {row.role:<10} {row.merchant or '-':<20} "
+                  f"{row.warehouse or '-':<20} {row.created_at:%Y-%m-%d %H:%M}{revoked}")
+        return 0
+    finally:
+        engine.dispose()
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from backend.app import make_encoder, open_vector_store, prepare_database
+    from backend.config import Settings
+    from backend.domain.indexing import Indexer
+    from backend.domain.reconcile import Reconciler
+    from backend.domain.types import Product
+    from backend.stores.catalog.db import make_engine
+    from backend.stores.catalog.repository import CatalogRepository
+
+    settings = _settings(args)
+    assert isinstance(settings, Settings)
+    prepare_database(settings)
+    catalog = CatalogRepository(make_engine(settings.sql_url))
+    vectors = open_vector_store(settings)  # StoreBusy while a server owns the shard
+    encoder = make_encoder(settings)
+    try:
+        reconciler = Reconciler(catalog, vectors, settings.collection, encoder.model_version)
+        report = reconciler.check()
+        print(("before: " if args.fix else "") + report.summary())
+        if not args.fix:
+            return 0 if report.differences == 0 else 1
+
+        def index(collection: str, products: list[Product]) -> None:
+            encoder.start()
+            Indexer(catalog, vectors, encoder, settings.collection,
+                    settings.search.max_image_pixels).index_products(collection, products)
+
+        after = reconciler.fix(report, index)
+        print("after:  " + after.summary())
+        return 0 if after.differences == 0 else 1
+    finally:
+        vectors.close()
 
 
 # ---------------------------------------------------------------- client commands
@@ -225,6 +304,24 @@ def build_parser() -> argparse.ArgumentParser:
     server_opts(p)
     p.add_argument("revision", nargs="?", default="head")
     p.add_argument("--downgrade", action="store_true", help="downgrade to the revision")
+
+    p = add("keys", cmd_keys, "create, revoke and list API keys")
+    server_opts(p)
+    ks = p.add_subparsers(dest="keys_command", required=True)
+    k = ks.add_parser("create", help="create a key (printed once, on stdout)")
+    k.add_argument("--role", required=True, choices=["storefront", "warehouse", "admin"])
+    k.add_argument("--merchant", action="append", default=[],
+                   help="storefront scope: also sees this merchant's unlisted products")
+    k.add_argument("--warehouse", action="append", default=[],
+                   help="warehouse scope: may update stock here (required for warehouse)")
+    k = ks.add_parser("revoke", help="revoke a key by id")
+    k.add_argument("key_id", type=int)
+    k = ks.add_parser("list", help="list keys (never the keys themselves)")
+    k.add_argument("--all", action="store_true", help="include revoked keys")
+
+    p = add("reconcile", cmd_reconcile, "compare SQL and the vector store; --fix repairs")
+    server_opts(p)
+    p.add_argument("--fix", action="store_true", help="repair the differences found")
 
     p = add("search", cmd_search, "search a running server")
     q = p.add_mutually_exclusive_group(required=False)

@@ -50,6 +50,38 @@ class SearchSettings(BaseModel):
     query_image_draft_px: int = Field(448, ge=0)
 
 
+class AuthSettings(BaseModel):
+    # API keys are required unless this is set to false explicitly (the embedded demo does;
+    # the server then logs a warning). Health and reflection are always open.
+    enabled: bool = True
+    # Seconds a verified key is remembered; a revoked key stops working within this time.
+    cache_ttl_s: float = Field(5.0, ge=0, le=300)
+
+
+class TlsSettings(BaseModel):
+    # PEM files. cert_file + key_file turn TLS on; client_ca_file also requires every client
+    # to present a certificate signed by that CA (mutual TLS).
+    cert_file: str = ""
+    key_file: str = ""
+    client_ca_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsSettings:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("tls.cert_file and tls.key_file must be given together")
+        if self.client_ca_file and not self.cert_file:
+            raise ValueError("tls.client_ca_file (mutual TLS) needs tls.cert_file and key_file")
+        for name in ("cert_file", "key_file", "client_ca_file"):
+            value = getattr(self, name)
+            if value and not Path(value).is_file():
+                raise ValueError(f"tls.{name}: no such file {value!r}")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PRODSEARCH_",
@@ -76,6 +108,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     encoder: EncoderSettings = EncoderSettings()
     search: SearchSettings = SearchSettings()
+    auth: AuthSettings = AuthSettings()
+    tls: TlsSettings = TlsSettings()
 
     @classmethod
     def settings_customise_sources(

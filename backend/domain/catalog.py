@@ -8,7 +8,9 @@ import threading
 from pathlib import Path
 
 from backend.domain.types import ProductInput
-from backend.errors import InvalidInput
+from backend.errors import InvalidInput, PermissionDenied
+from backend.security import Role
+from backend.security import current as current_principal
 from backend.stores.catalog.repository import CatalogRepository, InventoryChange, UpsertOutcome
 from backend.stores.vectors.base import VectorStore
 from encoders.preprocess import decode_image
@@ -74,6 +76,12 @@ class CatalogService:
     def update_inventory(self, changes: list[InventoryChange]) -> tuple[int, int]:
         if not changes:
             raise InvalidInput("no inventory updates in the request")
+        principal = current_principal()
+        if principal.role is not Role.ADMIN:
+            for change in changes:
+                if change.price is not None or change.currency is not None:
+                    raise PermissionDenied("a warehouse key may change stock, not prices")
+                principal.require_warehouse(change.warehouse)
         result = self._catalog.update_inventory(changes)
         self._wake_indexer()
         return result

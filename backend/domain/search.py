@@ -16,6 +16,8 @@ from backend.domain.payload import normalise_filters
 from backend.domain.ports import VectorEncoder
 from backend.domain.types import Filters, SearchHit, SearchResult
 from backend.errors import InvalidInput, NotFound, NotReady
+from backend.security import Role
+from backend.security import current as current_principal
 from backend.stores.catalog.repository import CatalogRepository
 from backend.stores.vectors.base import ScoredPoint, VectorStore
 from encoders.localise import query_views
@@ -74,12 +76,24 @@ class SearchService:
         self._settings = settings
         self.ready = False  # set once the models are warm
 
+    @property
+    def model_version(self) -> str:
+        return self._encoder.model_version
+
     async def search(self, query: SearchQuery) -> SearchResult:
         top_k = self.validate(query)
         if not self.ready:
             raise NotReady("the service is warming up; retry shortly")
         offset = decode_page_token(query.page_token)
-        filters = normalise_filters(query.filters)
+        # The caller's scope (a storefront key: listed products + its merchants' own) becomes
+        # part of the filter, so it is applied inside the vector query.
+        principal = current_principal()
+        filters = normalise_filters(principal.scope_filters(query.filters))
+        if query.product_id and principal.role is Role.STOREFRONT:
+            source = await asyncio.to_thread(self._catalog.get_products, [query.product_id])
+            if query.product_id not in source or not principal.can_see(
+                    source[query.product_id]):
+                raise NotFound(f"product {query.product_id!r} is not indexed")
         if filters.category and not await asyncio.to_thread(
             self._catalog.category_exists, filters.category
         ):
@@ -110,7 +124,9 @@ class SearchService:
                 matched_image=p.payload.position if vector_name != "text" else -1,
             )
             for p in page
+            # can_see: a listing change still in the outbox must not leak either.
             if p.payload.product_id in products
+            and principal.can_see(products[p.payload.product_id])
         ]
         more = len(ranked) > offset + top_k
         return SearchResult(

@@ -44,7 +44,10 @@ def require_openclipart() -> None:
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     require_openclipart()
     data_dir = tmp_path_factory.mktemp("server-data")
-    settings = load_settings(data_dir=data_dir, grpc_port=0, indexer_poll_ms=50)
+    # Auth off explicitly: these tests are about search; test_security.py runs a second
+    # server with keys required over the same app.
+    settings = load_settings(data_dir=data_dir, grpc_port=0, indexer_poll_ms=50,
+                             auth={"enabled": False})
     catalog = build_catalog(pick_images(OPENCLIPART_DIR, CATALOG_SIZE, seed=5), OPENCLIPART_DIR)
     path = data_dir / "catalog.jsonl"
     write_catalog(catalog, path)

@@ -687,6 +687,13 @@ class CatalogRepository:
                 .where(OutboxEntry.done_at.is_(None)))
         return int(count or 0)
 
+    def pending_product_ids(self) -> list[str]:
+        """Products with outbox rows not yet done (changes the index does not show yet)."""
+        with self._read() as session:
+            return list(session.scalars(
+                select(OutboxEntry.product_id).where(OutboxEntry.done_at.is_(None))
+                .distinct()))
+
     def indexed_version(self) -> int:
         """The catalog version that search reflects: every change up to it is indexed."""
         with self._read() as session:
@@ -729,6 +736,14 @@ class CatalogRepository:
             row = session.scalars(select(ApiKey).where(
                 ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))).one_or_none()
             return _api_key_row(row) if row is not None else None
+
+    def list_api_keys(self, include_revoked: bool = False) -> list[ApiKeyRow]:
+        """Every key (hashes only), oldest first."""
+        with self._read() as session:
+            stmt = select(ApiKey).order_by(ApiKey.id)
+            if not include_revoked:
+                stmt = stmt.where(ApiKey.revoked_at.is_(None))
+            return [_api_key_row(row) for row in session.scalars(stmt)]
 
     def revoke_api_key(self, key_id: int) -> bool:
         """Revoke a key; False if it does not exist or was already revoked."""

@@ -24,7 +24,19 @@ def default_addr() -> str:
 
 
 def channel(addr: str) -> grpc.Channel:
-    return grpc.insecure_channel(addr)
+    """Plain text, or TLS when PRODSEARCH_CLIENT_CA (the server's CA, PEM) is set; for mutual
+    TLS also PRODSEARCH_CLIENT_CERT and PRODSEARCH_CLIENT_KEY."""
+    ca = os.environ.get("PRODSEARCH_CLIENT_CA", "")
+    if not ca:
+        return grpc.insecure_channel(addr)
+    cert = os.environ.get("PRODSEARCH_CLIENT_CERT", "")
+    key = os.environ.get("PRODSEARCH_CLIENT_KEY", "")
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=Path(ca).read_bytes(),
+        private_key=Path(key).read_bytes() if key else None,
+        certificate_chain=Path(cert).read_bytes() if cert else None,
+    )
+    return grpc.secure_channel(addr, credentials)
 
 
 def metadata() -> list[tuple[str, str]]:

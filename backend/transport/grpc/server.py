@@ -14,6 +14,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from backend.app import App
+from backend.config import TlsSettings
+from backend.security import ApiKeys
+from backend.transport.grpc import interceptors
 from backend.transport.grpc.generated.product_search.v1 import product_search_pb2 as pb
 from backend.transport.grpc.generated.product_search.v1 import product_search_pb2_grpc as rpc
 from backend.transport.grpc.servicers import CatalogServicer, ProductSearchServicer
@@ -31,7 +34,18 @@ class Server:
         self.app = app
         self._host = host or app.settings.grpc_host
         self._port = app.settings.grpc_port if port is None else port
+        settings = app.settings
+        interceptors.install_log_hygiene()
+        for secret in interceptors.secret_values(settings):
+            interceptors.register_secret(secret)
+        self.keys: ApiKeys | None = None
+        if settings.auth.enabled:
+            self.keys = ApiKeys(app.catalog, settings.auth.cache_ttl_s)
+        else:
+            log.warning("API key authentication is DISABLED (auth.enabled=false): every "
+                        "caller may search, read and write the whole catalog")
         self._server = grpc.aio.server(
+            interceptors=[interceptors.ServerInterceptor(self.keys)],
             options=[
                 ("grpc.max_receive_message_length", 2 * app.settings.search.max_image_bytes),
                 ("grpc.so_reuseport", 0),
@@ -45,14 +59,22 @@ class Server:
     async def start(self) -> int:
         s = self._server
         rpc.add_ProductSearchServicer_to_server(
-            ProductSearchServicer(self.app.search, self.app.catalog), s
+            ProductSearchServicer(
+                self.app.search, self.app.catalog, self.app.match, self.app.restock), s
         )
         rpc.add_CatalogServicer_to_server(CatalogServicer(self.app.catalog_service), s)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, s)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), s
         )
-        self.port = s.add_insecure_port(f"{self._host}:{self._port}")
+        tls = self.app.settings.tls
+        if tls.enabled:
+            self.port = s.add_secure_port(f"{self._host}:{self._port}", server_credentials(tls))
+        else:
+            if self.keys is not None and self._host not in ("127.0.0.1", "localhost", "::1"):
+                log.warning("serving without TLS on %s: API keys travel in clear text",
+                            self._host)
+            self.port = s.add_insecure_port(f"{self._host}:{self._port}")
         if self.port == 0:
             raise OSError(f"cannot bind {self._host}:{self._port}")
         for name in ("", *SERVICE_NAMES):
@@ -102,6 +124,19 @@ class Server:
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()
+
+
+def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    """TLS with the configured certificate; with a client CA, mutual TLS (clients must
+    present a certificate that CA signed)."""
+    from pathlib import Path
+
+    pair = [(Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())]
+    if tls.client_ca_file:
+        return grpc.ssl_server_credentials(
+            pair, root_certificates=Path(tls.client_ca_file).read_bytes(),
+            require_client_auth=True)
+    return grpc.ssl_server_credentials(pair)
 
 
 async def serve_forever(app: App) -> None:

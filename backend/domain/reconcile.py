@@ -1,0 +1,132 @@
+"""Compare the SQL catalog (the source of truth) with the vector store, and repair the vector
+store. Differences found:
+
+- missing: a live product with no point of the current model version;
+- stale: a point of another model version (left by an old index or an interrupted reindex);
+- orphans: a point whose product is deleted or unknown, or whose image position the product
+  no longer has (position -1 is the text-only point of a product without a readable image);
+- drift: a point whose payload disagrees with the product in SQL (filters would lie).
+
+Products with outbox rows still pending are in flight: the indexer will write them, so they
+are counted as `pending` and not as differences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from backend.domain.payload import product_payload
+from backend.domain.types import Product
+from backend.stores.catalog.repository import CatalogRepository
+from backend.stores.vectors.base import IDENTITY_FIELDS, PayloadPatch, PointPayload, VectorStore
+
+
+@dataclass
+class ReconcileReport:
+    products: int = 0
+    points: int = 0
+    pending: int = 0
+    missing: list[str] = field(default_factory=list)  # product ids
+    stale: list[str] = field(default_factory=list)  # point ids
+    orphans: list[str] = field(default_factory=list)  # point ids
+    drift: list[str] = field(default_factory=list)  # product ids
+
+    @property
+    def differences(self) -> int:
+        return len(self.missing) + len(self.stale) + len(self.orphans) + len(self.drift)
+
+    def summary(self) -> str:
+        return (f"{self.products} products, {self.points} points, {self.pending} pending; "
+                f"missing {len(self.missing)}, stale {len(self.stale)}, "
+                f"orphans {len(self.orphans)}, drift {len(self.drift)}: "
+                f"{self.differences} differences")
+
+
+def _comparable(payload: PointPayload) -> dict[str, object]:
+    data = payload.to_dict()
+    for name in IDENTITY_FIELDS:
+        data.pop(name, None)
+    if isinstance(data.get("price"), float):
+        data["price"] = round(float(data["price"]), 4)  # type: ignore[arg-type]
+    return data
+
+
+class Reconciler:
+    def __init__(self, catalog: CatalogRepository, vectors: VectorStore, collection: str,
+                 model_version: str) -> None:
+        self._catalog = catalog
+        self._vectors = vectors
+        self._collection = collection
+        self._version = model_version
+
+    def check(self) -> ReconcileReport:
+        report = ReconcileReport()
+        collection = self._vectors.resolve(self._collection)
+        pending = set(self._catalog.pending_product_ids())
+        products: dict[str, Product] = {}
+        for page in self._catalog.iter_products():
+            for product in page:
+                products[product.product_id] = product
+        points = self._vectors.scroll_payloads(collection)
+        report.products, report.points = len(products), len(points)
+        report.pending = len(pending)
+
+        current: dict[str, list[tuple[str, PointPayload]]] = {}
+        for pid, payload in points:
+            if payload.product_id in pending:
+                continue
+            if payload.product_id not in products:
+                report.orphans.append(pid)
+            elif payload.model_version != self._version:
+                report.stale.append(pid)
+            else:
+                current.setdefault(payload.product_id, []).append((pid, payload))
+
+        for product_id, product in products.items():
+            if product_id in pending:
+                continue
+            own = current.get(product_id, [])
+            if not own:
+                report.missing.append(product_id)
+                continue
+            positions = {ref.position for ref in product.images}
+            has_image_point = any(p.position in positions for _, p in own)
+            drifted = False
+            for pid, payload in own:
+                if payload.position == -1 and not has_image_point:
+                    pass  # text-only point: no image, or none readable
+                elif payload.position not in positions:
+                    report.orphans.append(pid)
+                    continue
+                expected = product_payload(product, payload.position, self._version)
+                if _comparable(payload) != _comparable(expected):
+                    drifted = True
+            if drifted:
+                report.drift.append(product_id)
+        return report
+
+    def fix(self, report: ReconcileReport,
+            index: Callable[[str, list[Product]], object] | None) -> ReconcileReport:
+        """Repair what `report` found (deletes first, then re-index, then payloads) and
+        check again. `index(collection, products)` encodes and upserts products; without it,
+        missing products are left for the indexer and still reported."""
+        collection = self._vectors.resolve(self._collection)
+        doomed = [*report.orphans, *report.stale]
+        if doomed:
+            self._vectors.delete_points(collection, doomed)
+        if report.missing and index is not None:
+            found = self._catalog.get_products(report.missing)
+            if found:
+                index(collection, list(found.values()))
+        if report.drift:
+            found = self._catalog.get_products(report.drift)
+            patches = []
+            for product in found.values():
+                values = product_payload(product, -1, self._version).to_dict()
+                for name in IDENTITY_FIELDS:
+                    values.pop(name, None)
+                patches.append(PayloadPatch(product.product_id, values))
+            if patches:
+                self._vectors.set_payload(collection, patches)
+        return self.check()
