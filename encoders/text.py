@@ -5,7 +5,7 @@ fetched from a hub."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,13 @@ class TextEncoder(EncoderModel[str, np.ndarray]):
 
     def _empty(self) -> np.ndarray:
         return np.zeros((0, self.dim), dtype=np.float32)
+
+    def encode_with_tokens(self, texts: Sequence[str]
+                           ) -> tuple[np.ndarray, list[torch.Tensor]]:
+        """Sentence vectors (as `encode`) and, per text, the (T, dim) tokens the fusion model
+        reads. Default: the sentence vector as one token."""
+        vectors = self.encode(texts)
+        return vectors, [torch.from_numpy(v.copy()).unsqueeze(0) for v in vectors]
 
 
 class MiniLMTextEncoder(TextEncoder):
@@ -81,6 +88,24 @@ class MiniLMTextEncoder(TextEncoder):
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
         return l2_normalize(pooled)
 
+    def encode_with_tokens(self, texts: Sequence[str]
+                           ) -> tuple[np.ndarray, list[torch.Tensor]]:
+        """Sentence vectors and each text's (T, 384) token states (padding removed)."""
+        return self._infer(self._encode_tokens, list(texts))
+
+    def _encode_tokens(self, inputs: list[str]) -> tuple[np.ndarray, list[torch.Tensor]]:
+        if not inputs:
+            return self._empty(), []
+        batch = self._tokenizer(inputs, padding=True, truncation=True,
+                                max_length=self.max_length, return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        hidden: torch.Tensor = self._model(**batch).last_hidden_state.float()
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
+        keep = batch["attention_mask"].bool().cpu()
+        states = [h[k].clone() for h, k in zip(hidden.cpu(), keep, strict=True)]
+        return l2_normalize(pooled), states
+
 
 class MultilingualTextEncoder(TextEncoder):
     """Universal Sentence Encoder multilingual v3 (16 languages incl. Chinese and English)
@@ -122,15 +147,24 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _lstm(**kw: Any) -> TextEncoder:
+    from encoders.lstm import LSTMTextEncoder
+
+    return LSTMTextEncoder(**kw)
+
+
 TEXT_ENCODERS: dict[str, Callable[..., TextEncoder]] = {
     "minilm": MiniLMTextEncoder,
     "multilingual": MultilingualTextEncoder,
+    # Trained from scratch with the fusion model; weights from its checkpoint (checkpoint=).
+    "lstm": _lstm,
 }
 
 
 def make_text_encoder(name: str, **kw: Any) -> TextEncoder:
-    """A text encoder by name: "minilm" (English, 384-d) or "multilingual" (Chinese +
-    English, 512-d). Keyword arguments go to its constructor (device, max_length/threads)."""
+    """A text encoder by name: "minilm" (English, 384-d), "multilingual" (Chinese +
+    English, 512-d) or "lstm" (trained with the fusion model, checkpoint=path).
+    Keyword arguments go to its constructor (device, max_length/threads)."""
     try:
         factory = TEXT_ENCODERS[name]
     except KeyError:
