@@ -233,6 +233,12 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         vectors.close()
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from encoders.training.cli import run_from_args as train_from_args
+
+    return train_from_args(args)
+
+
 # ---------------------------------------------------------------- client commands
 
 
@@ -322,6 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("reconcile", cmd_reconcile, "compare SQL and the vector store; --fix repairs")
     server_opts(p)
     p.add_argument("--fix", action="store_true", help="repair the differences found")
+
+    p = add("train", cmd_train, "train the fusion model (backbones frozen, cached features)")
+    from encoders.training.cli import add_arguments as train_arguments
+
+    train_arguments(p)
 
     p = add("search", cmd_search, "search a running server")
     q = p.add_mutually_exclusive_group(required=False)

@@ -22,14 +22,16 @@ from backend.errors import ConfigError
 
 class EncoderSettings(BaseModel):
     image_model: Literal["efficientnet_lite0"] = "efficientnet_lite0"
-    # "multilingual" (USE multilingual v3: Chinese + English) or "minilm" (English only).
-    text_model: Literal["multilingual", "minilm"] = "multilingual"
+    # "multilingual" (USE multilingual v3: Chinese + English) or "minilm" (English only);
+    # "lstm" needs a fusion_checkpoint trained with `prodsearch train --text-model lstm`.
+    text_model: Literal["multilingual", "minilm", "lstm"] = "multilingual"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_batch_size: int = Field(32, ge=1, le=1024)
     max_wait_ms: float = Field(5.0, ge=0, le=1000)
     max_queue: int = Field(256, ge=1)
     threads: int = Field(0, ge=0)  # torch intra-op threads, 0 = library default
-    # Trained fusion checkpoint; empty = the one shipped with the package, if present.
+    # Trained fusion checkpoint; empty = the one shipped with the package, if present;
+    # "none" = no fused vector (image and text vectors only).
     fusion_checkpoint: str = ""
     worker_url: str = ""  # host:port of a remote encoder worker; empty = encode in-process
     # CPU models: "onnx" (ONNX Runtime, several times faster; vectors agree with torch to

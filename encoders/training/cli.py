@@ -1,0 +1,71 @@
+"""`prodsearch train`: arguments and the call into the training loop (no backend imports)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["add_arguments", "run_from_args"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--catalog", help="catalog JSONL (the ingest format); default: the "
+                   "openclipart train split (evaluation items are never used)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="train on a seeded sample of this many items")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text-model", choices=("multilingual", "minilm", "lstm"),
+                   default="multilingual", help="text encoder the fusion model reads "
+                   "(lstm: trained from scratch with it)")
+    p.add_argument("--photos", type=int, default=2,
+                   help="shelf-style photo renderings cached per item")
+    p.add_argument("--out", default="data/fusion/fusion.pt",
+                   help="training checkpoint (written after every epoch)")
+    p.add_argument("--export", default="",
+                   help="also write a serving copy here (fp16, no optimizer state)")
+    p.add_argument("--cache-dir", default="data/fusion-cache",
+                   help="where backbone features are cached")
+    p.add_argument("--resume", action="store_true", help="continue from --out")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from encoders.training.data import load_catalog, openclipart_items
+    from encoders.training.train import TrainSettings, export_checkpoint, train
+
+    if args.catalog:
+        items = load_catalog(args.catalog)
+        if args.limit is not None:
+            items = items[: args.limit]
+    else:
+        items = openclipart_items("train", limit=args.limit, seed=args.seed)
+    if len(items) < 2:
+        print("error: need at least 2 catalog items with a readable image", file=sys.stderr)
+        return 2
+    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             seed=args.seed, text_model=args.text_model,
+                             photos_per_item=args.photos, threads=args.threads)
+    argv = sys.argv[1:]
+    argv = argv[argv.index("train") + 1 :] if "train" in argv else argv
+    command = "prodsearch train " + shlex.join(argv)
+    started = time.perf_counter()
+    state = train(items, args.out, settings, cache_root=args.cache_dir, resume=args.resume,
+                  progress=not args.quiet, command=command)
+    summary: dict[str, object] = {
+        "checkpoint": args.out, "items": len(items), "epochs": state.epoch,
+        "steps": state.step, "seconds": round(time.perf_counter() - started, 1),
+        "last_epoch": state.history[-1] if state.history else {},
+    }
+    if args.export:
+        summary["exported"] = args.export
+        summary["model_version"] = export_checkpoint(args.out, Path(args.export))
+    print(json.dumps(summary, indent=2))
+    return 0
