@@ -233,6 +233,12 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         vectors.close()
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from encoders.evaluation.runner import run_from_args
+
+    return run_from_args(args)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from encoders.training.cli import run_from_args as train_from_args
 
@@ -328,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("reconcile", cmd_reconcile, "compare SQL and the vector store; --fix repairs")
     server_opts(p)
     p.add_argument("--fix", action="store_true", help="repair the differences found")
+
+    p = add("eval", cmd_eval, "retrieval benchmarks on real images (JSON + Recall@K plot)")
+    from encoders.evaluation.runner import add_arguments as eval_arguments
+
+    eval_arguments(p)
 
     p = add("train", cmd_train, "train the fusion model (backbones frozen, cached features)")
     from encoders.training.cli import add_arguments as train_arguments

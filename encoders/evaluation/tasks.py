@@ -1,0 +1,381 @@
+"""The benchmarks: `fmnist-category`, `shelf` and `text`. Each returns one JSON-ready dict
+(metrics per variant, sizes, seeds, timings) with Recall@K curves under "curves" for the
+plot. All use real images only (see `datasets`)."""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from encoders.evaluation import bilingual, metrics
+from encoders.evaluation.datasets import (
+    FMNIST_CLASSES,
+    ClipartItem,
+    dominant_colour,
+    fmnist_image,
+    load_fashion_mnist,
+    load_item_image,
+    openclipart_items,
+    photo_rng,
+    split_of,
+    subsample,
+)
+from encoders.evaluation.photos import SHELF, PhotoStyle, render_photo
+from encoders.evaluation.variants import (
+    IMAGE_VARIANTS,
+    Context,
+    Fused,
+    ImageVariant,
+    Timer,
+    Unavailable,
+    batched,
+    cache_key,
+    gallery_features,
+    text_variants,
+)
+from encoders.localise import query_views
+from encoders.preprocess import to_rgb
+
+__all__ = ["CURVE_KS", "fmnist_category", "shelf", "text"]
+
+CURVE_KS = (1, 2, 3, 5, 10, 20, 50, 100)
+SPLIT_RULE = "eval iff int(sha1(path relative to the image root)) % 5 == 0 (fixed, seedless)"
+
+
+def _variants(names: Sequence[str] | None) -> list[ImageVariant]:
+    names = list(IMAGE_VARIANTS) if names is None else list(names)
+    return [IMAGE_VARIANTS[n] for n in names]
+
+
+def _ranked(scores: np.ndarray, relevant: np.ndarray, k: int | None = None) -> np.ndarray:
+    return metrics.ranked_relevance(scores, relevant, k)
+
+
+def _curve(ranked: np.ndarray) -> dict[str, float]:
+    ks = [k for k in CURVE_KS if k <= ranked.shape[1]]
+    return {str(k): round(v, 4) for k, v in metrics.recall_curve(ranked, ks).items()}
+
+
+# ------------------------------------------------------------------------ fmnist-category
+
+
+def fmnist_category(ctx: Context, *, queries: int = 500, gallery: int = 5000, seed: int = 0,
+                    variants: Sequence[str] | None = None) -> dict[str, Any]:
+    """Fashion-MNIST test images query a gallery of train images; relevant = same class."""
+    total = Timer()
+    train_x, train_y = load_fashion_mnist("train")
+    test_x, test_y = load_fashion_mnist("test")
+    qi = subsample(len(test_y), queries, seed, "fmnist-queries")
+    gi = subsample(len(train_y), gallery, seed, "fmnist-gallery")
+    q_labels, g_labels = test_y[qi], train_y[gi]
+    relevant = metrics.label_relevance(q_labels, g_labels)
+    n_relevant = relevant.sum(axis=1)
+    gallery_ids = [f"train/{i}" for i in gi]
+    query_images = [fmnist_image(test_x[i]) for i in qi]
+
+    results: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    curves: dict[str, dict[str, float]] = {}
+    for variant in _variants(variants):
+        try:
+            variant.check(ctx)
+        except Unavailable as exc:
+            skipped[variant.name] = str(exc)
+            continue
+        timer = Timer()
+        g, cached = gallery_features(ctx, variant, "fmnist-train", gallery_ids,
+                                     lambda j: fmnist_image(train_x[gi[j]]))
+        gallery_s = timer.seconds()
+        q = batched(functools.partial(variant.embed, ctx), query_images,
+                    f"{variant.name} queries")
+        ranked = _ranked(q @ g.T, relevant, 100)
+        summary = metrics.summarize(ranked, precision_ks=(1, 10), map_ks=(100,),
+                                    n_relevant=n_relevant, labels=q_labels,
+                                    names=FMNIST_CLASSES)
+        summary.update(seconds=timer.seconds(), gallery_seconds=gallery_s,
+                       gallery_from_cache=cached)
+        results[variant.name] = summary
+        curves[variant.name] = _curve(ranked)
+    return {
+        "task": "fmnist-category",
+        "data": "Debian dataset-fashion-mnist: queries from t10k, gallery from train",
+        "sizes": {"queries": len(qi), "gallery": len(gi)},
+        "seeds": {"subsample": seed},
+        "relevance": "gallery images of the query's class",
+        "metrics": "P@1, P@10, mAP@100 (AP normalised by min(100, relevant items))",
+        "variants": results,
+        "skipped": skipped,
+        "curves": curves,
+        "seconds": total.seconds(),
+    }
+
+
+# --------------------------------------------------------------------------------- shelf
+
+
+@functools.lru_cache(maxsize=1024)
+def _item_rgba(path: str) -> Image.Image:
+    return load_item_image(path)
+
+
+def _catalog_image(item: ClipartItem) -> Image.Image:
+    """The catalog image as the indexer sees it: alpha on white."""
+    return to_rgb(_item_rgba(str(item.path)))
+
+
+def _openclipart_gallery(limit: int | None, seed: int) -> list[ClipartItem]:
+    """All usable items, or a seeded sample of `limit` of them (in path order)."""
+    items = list(openclipart_items())
+    if limit is not None and limit < len(items):
+        keep = set(random.Random(f"gallery:{seed}").sample(range(len(items)), limit))
+        items = [it for n, it in enumerate(items) if n in keep]
+    return items
+
+
+def _eval_queries(gallery: Sequence[ClipartItem], n: int | None, seed: int) -> list[int]:
+    """Gallery indices of up to `n` evaluation-split items (seeded choice, path order)."""
+    eval_idx = [i for i, it in enumerate(gallery) if split_of(it.item_id) == "eval"]
+    if n is not None and n < len(eval_idx):
+        eval_idx = sorted(random.Random(f"queries:{seed}").sample(eval_idx, n))
+    return eval_idx
+
+
+def render_query(gallery: Sequence[ClipartItem], index: int, seed: int,
+                 style: PhotoStyle = SHELF, pool: int = 8) -> Image.Image:
+    """The evaluation photo of gallery item `index`, among distractors drawn from the other
+    gallery items; deterministic for (item, seed)."""
+    item = gallery[index]
+    rng = photo_rng(item.item_id, seed)
+    others = [j for j in rng.sample(range(len(gallery)), min(len(gallery), pool + 1))
+              if j != index][:pool]
+    distractors = [_item_rgba(str(gallery[j].path)) for j in others]
+    photo, _ = render_photo(_item_rgba(str(item.path)), rng, style, distractors=distractors)
+    return photo
+
+
+def _shelf_metrics(scores: np.ndarray, targets: np.ndarray) -> tuple[dict[str, Any], dict]:
+    relevant = np.zeros(scores.shape, dtype=bool)
+    relevant[np.arange(len(targets)), targets] = True
+    ranked = _ranked(scores, relevant)
+    summary = metrics.summarize(ranked, recall_ks=(1, 5, 10), mrr=True)
+    return summary, _curve(ranked)
+
+
+def shelf(ctx: Context, *, limit: int | None = None, queries: int | None = 500,
+          crop_queries: int | None = 100, seed: int = 0,
+          variants: Sequence[str] | None = None) -> dict[str, Any]:
+    """Photo-like shelf renderings of evaluation items query the catalog images."""
+    total = Timer()
+    gallery = _openclipart_gallery(limit, seed)
+    q_index = np.array(_eval_queries(gallery, queries, seed), dtype=np.int64)
+    ids = [it.item_id for it in gallery]
+    photos = [render_query(gallery, int(i), seed)
+              for i in tqdm(q_index, desc="render photos", unit="photo", leave=False)]
+    n_crop = len(photos) if crop_queries is None else min(crop_queries, len(photos))
+    views = [query_views(p) for p in photos]
+    flat_views = [v for vs in views for v in vs]
+    owner = np.array([n for n, vs in enumerate(views) for _ in vs], dtype=np.int64)
+
+    results: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    curves: dict[str, dict[str, float]] = {}
+    for variant in _variants(variants):
+        try:
+            variant.check(ctx)
+        except Unavailable as exc:
+            skipped[variant.name] = str(exc)
+            continue
+        timer = Timer()
+        texts = [it.title for it in gallery] if isinstance(variant, Fused) else None
+        g, cached = gallery_features(ctx, variant, "openclipart", ids,
+                                     lambda j: _catalog_image(gallery[j]), texts)
+        out: dict[str, Any] = {"gallery_seconds": timer.seconds(), "gallery_from_cache": cached}
+
+        t = Timer()
+        q = batched(functools.partial(variant.embed, ctx), photos, f"{variant.name} whole")
+        whole_scores = q @ g.T
+        out["whole"], curves[f"{variant.name} whole"] = _shelf_metrics(whole_scores, q_index)
+        out["whole"]["seconds"] = t.seconds()
+
+        t = Timer()
+        v = batched(functools.partial(variant.embed, ctx), flat_views,
+                    f"{variant.name} views")
+        view_scores = np.full((len(photos), len(gallery)), -np.inf, dtype=np.float32)
+        np.maximum.at(view_scores, owner, v @ g.T)
+        out["views"], curves[f"{variant.name} views"] = _shelf_metrics(view_scores, q_index)
+        out["views"]["seconds"] = t.seconds()
+
+        if variant.supports_crops and n_crop > 0:
+            t = Timer()
+            crop_scores = np.stack([
+                (variant.embed_crops(ctx, photo) @ g.T).max(axis=0)
+                for photo in tqdm(photos[:n_crop], desc=f"{variant.name} crops",
+                                  unit="photo", leave=False)
+            ])
+            out["crops"], curves[f"{variant.name} crops"] = _shelf_metrics(
+                crop_scores, q_index[:n_crop])
+            out["crops"]["queries"] = n_crop
+            out["crops"]["whole_on_same_queries"], _ = _shelf_metrics(
+                whole_scores[:n_crop], q_index[:n_crop])
+            out["crops"]["seconds"] = t.seconds()
+        out["seconds"] = timer.seconds()
+        results[variant.name] = out
+    return {
+        "task": "shelf",
+        "data": "Debian openclipart-png; gallery = catalog images (alpha on white); queries = "
+                "photos.render_photo(item, photo_rng(item, seed), photos.SHELF, distractors = "
+                "up to 8 other gallery items) of evaluation-split items only",
+        "sizes": {"gallery": len(gallery), "queries": len(photos), "crop_queries": n_crop,
+                  "views_per_query": round(len(flat_views) / max(1, len(photos)), 3)},
+        "seeds": {"eval_photo_seed": seed, "photo_rng": "random.Random(f'eval:{seed}:{item}')",
+                  "gallery_sample": seed if limit else None, "split": SPLIT_RULE},
+        "strategies": {
+            "whole": "one embedding of the whole photo",
+            "views": "max similarity over localise.query_views (photo + isolated item)",
+            "crops": "max similarity over the whole photo + multi-scale square crops "
+                     "(ProductEncoder.encode_crops), on the first crop_queries queries",
+        },
+        "relevance": "exactly one relevant gallery item: the photographed item",
+        "variants": results,
+        "skipped": skipped,
+        "curves": curves,
+        "seconds": total.seconds(),
+    }
+
+
+# ---------------------------------------------------------------------------------- text
+
+
+def _category_relevance(gallery: Sequence[ClipartItem], keys: Sequence[str]) -> np.ndarray:
+    return np.array([[it.category == k or it.category.startswith(k + "/") for it in gallery]
+                     for k in keys], dtype=bool)
+
+
+def text(ctx: Context, *, limit: int | None = None, queries: int | None = 300, seed: int = 0,
+         variants: Sequence[str] | None = None) -> dict[str, Any]:
+    """Text -> product on openclipart, English and Chinese twins."""
+    total = Timer()
+    gallery = _openclipart_gallery(limit, seed)
+    titles = [it.title for it in gallery]
+    ids = [it.item_id for it in gallery]
+
+    cat_keys = sorted({k for it in gallery if (k := bilingual.category_key(it.category))})
+    cat_pairs = [bilingual.category_query(k) for k in cat_keys]
+
+    item_rows: list[int] = []
+    item_keys: list[str] = []
+    item_pairs: list[tuple[str, str]] = []
+    for i in _eval_queries(gallery, queries, seed):
+        it = gallery[i]
+        key = bilingual.category_key(it.category)
+        if key is None:
+            continue
+        colour = dominant_colour(_item_rgba(str(it.path)))
+        pair = bilingual.item_query(it.category, colour)
+        assert pair is not None
+        item_rows.append(i)
+        item_keys.append(key)
+        item_pairs.append(pair)
+    title_rows = _eval_queries(gallery, queries, seed)
+
+    sets: dict[str, tuple[list[str], list[str] | None, np.ndarray]] = {
+        "category": ([p[0] for p in cat_pairs], [p[1] for p in cat_pairs],
+                     _category_relevance(gallery, cat_keys)),
+        "item": ([p[0] for p in item_pairs], [p[1] for p in item_pairs],
+                 _category_relevance(gallery, item_keys)),
+    }
+    title_rel = np.zeros((len(title_rows), len(gallery)), dtype=bool)
+    title_rel[np.arange(len(title_rows)), title_rows] = True
+    sets["title"] = ([titles[i] for i in title_rows], None, title_rel)
+
+    results: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    curves: dict[str, dict[str, float]] = {}
+
+    def evaluate(name: str, docs: np.ndarray, encode: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for set_name, (en, zh, rel) in sets.items():
+            if not en:
+                continue
+            entry: dict[str, Any] = {}
+            rankings = {}
+            for lang, texts_ in (("en", en), ("zh", zh)):
+                if texts_ is None:
+                    continue
+                scores = encode(texts_) @ docs.T
+                ranked = _ranked(scores, rel)
+                entry[lang] = metrics.summarize(ranked, recall_ks=(1, 10), precision_ks=(10,),
+                                                mrr=True)
+                rankings[lang] = metrics.rank(scores, 10)
+                curves[f"{name} {set_name}-{lang}"] = _curve(ranked)
+            if "zh" in rankings:
+                entry["zh_en_overlap@10"] = round(float(metrics.topk_overlap(
+                    rankings["zh"], rankings["en"], 10).mean()), 4)
+            entry["queries"] = len(en)
+            out[set_name] = entry
+        return out
+
+    for name in text_variants():
+        timer = Timer()
+        try:
+            encoder = ctx.text_encoder(name)
+        except Exception as exc:  # a registered encoder that cannot load here
+            skipped[name] = f"{type(exc).__name__}: {exc}"
+            continue
+        key = cache_key(f"text-{name}", "openclipart-titles", ids)
+        docs = ctx.cache.get(key) if ctx.cache is not None else None
+        if docs is None or docs.shape[0] != len(ids):
+            docs = batched(encoder.encode, titles, f"{name} titles", batch=128)
+            if ctx.cache is not None:
+                ctx.cache.put(key, docs)
+        results[name] = evaluate(name, docs, encoder.encode)
+        results[name]["gallery"] = "title text of each product (text -> text)"
+        results[name]["seconds"] = timer.seconds()
+
+    for variant in _variants(variants):
+        if not isinstance(variant, Fused):
+            skipped[variant.name] = "image-only variant: cannot embed a text query"
+            continue
+        try:
+            variant.check(ctx)
+        except Unavailable as exc:
+            skipped[variant.name] = str(exc)
+            continue
+        timer = Timer()
+        g, _ = gallery_features(ctx, variant, "openclipart", ids,
+                                lambda j: _catalog_image(gallery[j]), titles)
+        results[variant.name] = evaluate(
+            variant.name, g, lambda texts_, v=variant: v.embed_texts(ctx, texts_))
+        results[variant.name]["gallery"] = "fused vector of image + title (text -> fused)"
+        results[variant.name]["seconds"] = timer.seconds()
+
+    return {
+        "task": "text",
+        "data": "Debian openclipart-png; gallery = products with their title from the file "
+                "name (category withheld from the product text); queries in English and "
+                "their Chinese twins from encoders.evaluation.bilingual",
+        "sizes": {"gallery": len(gallery), "category_queries": len(cat_keys),
+                  "item_queries": len(item_rows), "title_queries": len(title_rows)},
+        "seeds": {"query_sample": seed, "gallery_sample": seed if limit else None,
+                  "split": SPLIT_RULE},
+        "query_sets": {
+            "category": "the category's name (e.g. 'bird' / '鸟'), one per category key; "
+                        "relevant = every gallery item in that category (or below it)",
+            "item": "'<colour> <category>' of an evaluation item (e.g. 'red bird' / "
+                    "'红色的鸟'; colour measured from the pixels); relevant = every gallery "
+                    "item in the item's category",
+            "title": "the evaluation item's own title, English only; relevant = that item",
+        },
+        "metrics": "recall@K = share of queries with a relevant item in the top K; P@10; "
+                   "MRR; zh_en_overlap@10 = mean |top10(zh) ∩ top10(en)| / 10",
+        "variants": results,
+        "skipped": skipped,
+        "curves": curves,
+        "seconds": total.seconds(),
+    }
