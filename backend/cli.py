@@ -318,7 +318,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--downgrade", action="store_true", help="downgrade to the revision")
 
     p = add("keys", cmd_keys, "create, revoke and list API keys")
-    server_opts(p)
     ks = p.add_subparsers(dest="keys_command", required=True)
     k = ks.add_parser("create", help="create a key (printed once, on stdout)")
     k.add_argument("--role", required=True, choices=["storefront", "warehouse", "admin"])
@@ -330,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("key_id", type=int)
     k = ks.add_parser("list", help="list keys (never the keys themselves)")
     k.add_argument("--all", action="store_true", help="include revoked keys")
+    for k in ks.choices.values():
+        server_opts(k)
 
     p = add("reconcile", cmd_reconcile, "compare SQL and the vector store; --fix repairs")
     server_opts(p)
