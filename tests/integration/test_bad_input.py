@@ -282,13 +282,13 @@ def test_random_writes_are_accepted_whole_or_change_nothing(
 
 
 class _SlowEncoder:
-    """The real encoder behind a slow, bounded queue (max 2 waiting, 1 at a time)."""
+    """The real encoder behind a slow, bounded queue (1 at a time)."""
 
-    def __init__(self, inner: Any, delay: float) -> None:
+    def __init__(self, inner: Any, delay: float, max_queue: int = 2) -> None:
         self._inner = inner
         self.cancelled = 0
         self.batcher: DynamicBatcher[int, int] = DynamicBatcher(
-            self._slow, max_batch_size=1, max_wait_ms=0, max_queue=2, name="slow")
+            self._slow, max_batch_size=1, max_wait_ms=0, max_queue=max_queue, name="slow")
         self._delay = delay
 
     def _slow(self, items: list[int]) -> list[int]:
@@ -332,7 +332,7 @@ def test_full_encoder_queue_answers_resource_exhausted_at_once(
 
 def test_client_deadline_is_honoured_and_work_abandoned(
         running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
-    slow = _SlowEncoder(running.app.search._encoder, delay=1.5)
+    slow = _SlowEncoder(running.app.search._encoder, delay=1.5, max_queue=16)
     monkeypatch.setattr(running.app.search, "_encoder", slow)
     try:
         start = time.perf_counter()
