@@ -248,12 +248,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- client commands
 
 
-def cmd_search(args: argparse.Namespace) -> int:
+def _client_call(render: Callable[[], str]) -> int:
+    """Run a client command: print what it renders, or a one-line error and an exit code
+    (2: bad local input, 1: the server said no)."""
     import grpc
 
+    try:
+        print(render())
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
     from backend.transport.grpc import client
 
-    try:
+    def render() -> str:
         request = client.build_search_request(
             image=Path(args.image) if args.image else None,
             text=args.text or "",
@@ -266,16 +280,38 @@ def cmd_search(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             diversify=args.diversify,
         )
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
         response = client.search(args.addr or client.default_addr(), request, args.timeout)
-    except grpc.RpcError as exc:
-        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
-    print(client.search_json(response) if args.json else client.search_table(response))
-    return 0
+        return client.search_json(response) if args.json else client.search_table(response)
+
+    return _client_call(render)
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    from backend.transport.grpc import client
+
+    def render() -> str:
+        response = client.match(
+            args.addr or client.default_addr(),
+            images=[Path(p) for p in args.image],
+            title=args.title or "", size=args.size or "", material=args.material or "",
+            colour=args.colour or "", brand=args.brand or "", top_k=args.top_k,
+            timeout=args.timeout,
+        )
+        return client.match_json(response) if args.json else client.match_table(response)
+
+    return _client_call(render)
+
+
+def cmd_restock(args: argparse.Namespace) -> int:
+    from backend.transport.grpc import client
+
+    def render() -> str:
+        response = client.restock(
+            args.addr or client.default_addr(), Path(args.image), args.warehouse,
+            args.bin or "", args.top_k, args.timeout)
+        return client.restock_json(response) if args.json else client.restock_table(response)
+
+    return _client_call(render)
 
 
 # ---------------------------------------------------------------- parser
@@ -361,6 +397,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diversify", action="store_true", help="diverse results (MMR)")
     p.add_argument("--addr", help="server host:port (default 127.0.0.1:50051)")
     p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+    p = add("match", cmd_match, "is this listing a product already in the catalog?")
+    p.add_argument("--image", action="append", default=[], required=True,
+                   help="listing photo; repeatable")
+    p.add_argument("--title")
+    p.add_argument("--size")
+    p.add_argument("--material")
+    p.add_argument("--colour", "--color", dest="colour")
+    p.add_argument("--brand")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--addr", help="server host:port (default 127.0.0.1:50051)")
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+    p = add("restock", cmd_restock, "which SKUs does this shelf photo show, and their stock?")
+    p.add_argument("--image", required=True, help="shelf photo")
+    p.add_argument("--warehouse", required=True)
+    p.add_argument("--bin", help="only this bin's stock")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--addr", help="server host:port (default 127.0.0.1:50051)")
+    p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--json", action="store_true", help="print one JSON document")
     return parser
 

@@ -12,7 +12,8 @@ from PIL import Image, ImageFilter
 _MIN_DISTANCE = 20.0
 _SPREAD_FACTOR = 1.5
 _MIN_FOREGROUND = 0.01  # below this fraction of pixels nothing stands out
-_MAX_FOREGROUND = 0.97  # above it the "item" is the whole frame: cropping would not help
+_MAX_FOREGROUND = 0.97
+_GAP = 3  # grid cells bridged when joining foreground regions into one item  # above it the "item" is the whole frame: cropping would not help
 
 
 def foreground_box(image: Image.Image) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
@@ -83,9 +84,9 @@ def item_boxes(image: Image.Image, max_items: int = 8, grid: int = 96
         while stack:
             r, c = stack.pop()
             cells.append((r, c))
-            # 8-connected, with a one-cell gap allowed: thin outlines stay one item.
-            for dr in (-2, -1, 0, 1, 2):
-                for dc in (-2, -1, 0, 1, 2):
+            # Neighbours up to GAP cells away: an item with light parts stays one region.
+            for dr in range(-_GAP, _GAP + 1):
+                for dc in range(-_GAP, _GAP + 1):
                     nr, nc = r + dr, c + dc
                     if 0 <= nr < rows and 0 <= nc < cols and occupied[nr, nc] \
                             and not seen[nr, nc]:

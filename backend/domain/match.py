@@ -28,6 +28,7 @@ from backend.domain.payload import normalise_filters
 from backend.domain.ports import VectorEncoder
 from backend.domain.types import Filters, Product
 from backend.errors import InvalidInput, NotReady
+from backend.security import current as current_principal
 from backend.stores.catalog.repository import CatalogRepository
 from backend.stores.vectors.base import VectorStore
 from encoders.localise import query_views
@@ -136,13 +137,15 @@ class MatchService:
             for data in listing.images
         ]
         vectors = await encode_listing(self._encoder, images, listing.text())
-        flt = normalise_filters(filters or Filters())
+        # A storefront key matches only against what it may see (listed, or its own).
+        principal = current_principal()
+        flt = normalise_filters(principal.scope_filters(filters or Filters()))
         collection = await asyncio.to_thread(self._vectors.resolve, self._collection)
         candidate_ids = await asyncio.to_thread(self._candidates, collection, vectors, flt)
         products = await asyncio.to_thread(self._catalog.get_products, candidate_ids)
         results = []
         for product_id in candidate_ids:
-            if product_id not in products:
+            if product_id not in products or not principal.can_see(products[product_id]):
                 continue
             product = products[product_id]
             image_sim, text_sim = await asyncio.to_thread(

@@ -17,6 +17,8 @@ from backend.config import SearchSettings
 from backend.domain.ports import VectorEncoder
 from backend.domain.types import Filters, Product, StockLevel
 from backend.errors import InvalidInput
+from backend.security import Role
+from backend.security import current as current_principal
 from backend.stores.catalog.repository import CatalogRepository
 from backend.stores.vectors.base import VectorStore
 from encoders.image import crop_boxes
@@ -26,9 +28,9 @@ from encoders.preprocess import decode_image
 Box = tuple[int, int, int, int]
 
 # Cosine below which a proposal is background, not a catalog item (pretrained backbone).
-MIN_SCORE = 0.55
+MIN_SCORE = 0.5
 # A proposal this far below the best match of the photo is a partial view, not another item.
-MAX_GAP = 0.3
+MAX_GAP = 0.4
 MAX_OVERLAP = 0.3
 _WINDOW_SCALES = (0.9, 0.6)
 
@@ -51,12 +53,12 @@ def overlap_of_smaller(a: Box, b: Box) -> float:
 
 
 def proposals(image: Image) -> list[tuple[Box, Image]]:
-    """Candidate item regions with the image each is encoded from."""
-    out: list[tuple[Box, Image]] = []
-    for box in item_boxes(image):
-        out.append((box, isolate_box(image, box)))
-    for box in crop_boxes(image.width, image.height, _WINDOW_SCALES, 0.5):
-        out.append((box, image.crop(box)))
+    """Candidate item regions with the image each is encoded from: separate foreground
+    regions isolated on white (as catalog images are), and plain sliding windows for items
+    that do not stand out from the background."""
+    out: list[tuple[Box, Image]] = [(box, isolate_box(image, box)) for box in item_boxes(image)]
+    out += [(box, image.crop(box))
+            for box in crop_boxes(image.width, image.height, _WINDOW_SCALES, 0.5)]
     return out
 
 
@@ -102,6 +104,9 @@ class RestockService:
             raise InvalidInput("a restock query needs a photo")
         if not warehouse.strip():
             raise InvalidInput("a restock query needs a warehouse")
+        principal = current_principal()
+        if principal.role is Role.WAREHOUSE:
+            principal.require_warehouse(warehouse)
         top_k = top_k or 5
         if not 1 <= top_k <= 20:
             raise InvalidInput("top_k must be between 1 and 20")

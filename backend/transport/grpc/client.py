@@ -139,3 +139,92 @@ def search_table(response: pb.SearchResponse) -> str:
 
 def message_json(message: Any) -> str:
     return json.dumps(MessageToDict(message), ensure_ascii=False, indent=2)
+
+
+def match(addr: str, images: Sequence[Path], title: str = "", size: str = "",
+          material: str = "", colour: str = "", brand: str = "", top_k: int = 5,
+          timeout: float = 30.0) -> pb.MatchResponse:
+    listing = pb.Product(
+        title=title, size=size, material=material, colour=colour, brand=brand,
+        images=[pb.ProductImage(content=p.read_bytes()) for p in images],
+    )
+    with channel(addr) as ch:
+        response: pb.MatchResponse = rpc.ProductSearchStub(ch).MatchProduct(
+            pb.MatchRequest(listing=listing, top_k=top_k), timeout=timeout, metadata=metadata())
+        return response
+
+
+def match_rows(response: pb.MatchResponse) -> list[dict[str, Any]]:
+    return [
+        {
+            "sku": c.product.sku,
+            "product_id": c.product.product_id,
+            "title": c.product.title,
+            "verdict": pb.Verdict.Name(c.verdict),
+            "probability": round(c.probability, 4),
+            "similarity": round(c.similarity, 4),
+            "diff": {d.field: {"listing": d.listing_value, "catalog": d.catalog_value}
+                     for d in c.diff},
+        }
+        for c in response.candidates
+    ]
+
+
+def match_json(response: pb.MatchResponse) -> str:
+    return json.dumps({"results": match_rows(response), "model_version": response.model_version},
+                      ensure_ascii=False, indent=2)
+
+
+def match_table(response: pb.MatchResponse) -> str:
+    if not response.candidates:
+        return "no candidates"
+    lines = [f"{'verdict':<9} {'prob':>5}  {'sku':<14} title / differences"]
+    for row in match_rows(response):
+        diff = ", ".join(f"{k}: {v['listing']} vs {v['catalog']}" for k, v in row["diff"].items())
+        lines.append(f"{row['verdict']:<9} {row['probability']:>5.2f}  {row['sku']:<14.14} "
+                     f"{row['title']}" + (f"  [{diff}]" if diff else ""))
+    return "\n".join(lines)
+
+
+def restock(addr: str, image: Path, warehouse: str, bin_: str = "", top_k: int = 5,
+            timeout: float = 60.0) -> pb.RestockResponse:
+    request = pb.RestockRequest(image=image.read_bytes(), warehouse=warehouse, bin=bin_,
+                                top_k=top_k)
+    with channel(addr) as ch:
+        response: pb.RestockResponse = rpc.ProductSearchStub(ch).FindRestockMatches(
+            request, timeout=timeout, metadata=metadata())
+        return response
+
+
+def restock_rows(response: pb.RestockResponse) -> list[dict[str, Any]]:
+    return [
+        {
+            "sku": m.product.sku,
+            "product_id": m.product.product_id,
+            "title": m.product.title,
+            "score": round(m.score, 4),
+            "box": [round(m.box.x0), round(m.box.y0), round(m.box.x1), round(m.box.y1)],
+            "stock": [{"warehouse": s.warehouse, "bin": s.bin, "quantity": s.quantity,
+                       "reorder_point": s.reorder_point} for s in m.stock],
+            "low_stock": m.low_stock,
+        }
+        for m in response.matches
+    ]
+
+
+def restock_json(response: pb.RestockResponse) -> str:
+    return json.dumps({"results": restock_rows(response),
+                       "model_version": response.model_version}, ensure_ascii=False, indent=2)
+
+
+def restock_table(response: pb.RestockResponse) -> str:
+    if not response.matches:
+        return "no catalog items recognised"
+    lines = [f"{'score':>6}  {'sku':<14} {'box':<22} {'stock':<24} title"]
+    for row in restock_rows(response):
+        stock = ", ".join(f"{s['bin']}:{s['quantity']}/{s['reorder_point']}"
+                          for s in row["stock"]) or "none here"
+        flag = "  LOW STOCK" if row["low_stock"] else ""
+        lines.append(f"{row['score']:>6.3f}  {row['sku']:<14.14} {row['box']!s:<22} "
+                     f"{stock:<24.24} {row['title']}{flag}")
+    return "\n".join(lines)
