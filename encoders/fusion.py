@@ -6,12 +6,19 @@ L2-normalised space.
     [CLS + mode] [image tokens + position + modality] [text tokens + position + modality]
         -> 2 pre-norm Transformer encoder layers (multi-head self-attention over the
            concatenation, i.e. cross-attention between the modalities)
-        -> the CLS output -> the head of the mode (image / text / fused) -> unit vector
+        -> the CLS output -> the head of the mode (image / text / fused)
+         + (when there is an image) attention pooling of the 49 raw backbone tokens,
+           weighted by a score the Transformer computes for each image position, scaled
+           per channel and normalised
+        -> unit vector (out_dim = the backbone's 1280 by default)
 
 An input with one modality runs the same Transformer with only that modality's tokens
 (the other is absent, not zero-filled), so a photo, a text or both query the same vectors.
 The CLS token attends over the 49 spatial tokens: the attention learns where the item is in
-a cluttered photo, which a global average pool cannot.
+a cluttered photo, which a global average pool cannot. The heads start at zero and the pooling
+scores at zero, so an untrained model gives exactly the backbone's average-pooled vector:
+training can only move it from that starting point (where to look, what to add from the
+text), not start from noise.
 
 Checkpoints are plain dicts (tensors, numbers, strings) loaded with `weights_only=True`.
 """
@@ -63,7 +70,7 @@ class FusionConfig:
     layers: int = 2
     ff_dim: int = 512
     dropout: float = 0.1
-    out_dim: int = 256
+    out_dim: int = 1280
     # The LSTM text encoder trains with the fusion model; its settings live here.
     lstm: dict[str, int] = field(default_factory=dict)
 
@@ -94,6 +101,15 @@ class FusionModel(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.heads = nn.ModuleDict({m: nn.Linear(d, config.out_dim) for m in MODES})
+        for head in self.heads.values():
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+        self.pool_score = nn.Linear(d, 1)
+        nn.init.zeros_(self.pool_score.weight)
+        nn.init.zeros_(self.pool_score.bias)
+        if config.out_dim != config.image_dim:
+            raise ValueError("out_dim must equal image_dim (the pooled skip path)")
+        self.pool_scale = nn.Parameter(torch.ones(config.image_dim))
         self.lstm: nn.Module | None = None
         if config.text_model == "lstm":
             from encoders.lstm import LSTMTextNet
@@ -145,6 +161,11 @@ class FusionModel(nn.Module):
         out = self.encoder(seq, src_key_padding_mask=~valid)
         pooled = self.norm(out[:, 0])
         vec = self.heads[mode](pooled)
+        if image is not None:
+            scores = self.pool_score(out[:, 1 : 1 + image.shape[1]]).squeeze(-1)
+            weights = torch.softmax(scores, dim=1).unsqueeze(-1)
+            skip = (weights * image.float()).sum(dim=1) * self.pool_scale
+            vec = vec + nn.functional.normalize(skip, dim=-1)
         return nn.functional.normalize(vec.float(), dim=-1)
 
 

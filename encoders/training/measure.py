@@ -40,8 +40,8 @@ def _mean_pool(x: torch.Tensor) -> torch.Tensor:
 
 def shelf_report(eval_cache: FeatureCache, model: FusionModel | None = None,
                  distractors: FeatureCache | None = None) -> dict[str, object]:
-    """Recall@1/5/10 and MRR of photo view 0 ('whole') alone and of the max over all views
-    (whole + isolated item, as search does), for backbone-only and, when given, the fusion
+    """Recall@1/5/10 and MRR of each photo view alone ('whole', 'isolated') and of the max
+    over the views (as search does), for backbone-only and, when given, the fusion
     model (gallery = fused(image + text), queries = image-only). `distractors`: another
     cache whose catalog items join the gallery (never as answers)."""
     n = len(eval_cache)
@@ -57,10 +57,10 @@ def shelf_report(eval_cache: FeatureCache, model: FusionModel | None = None,
             query_fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         gallery = np.concatenate([gallery_fn(c) for c in caches])
         per_view = [(_chunks(query_fn, photos[:, v]) @ gallery.T) for v in range(views)]
-        report[name] = {
-            "whole": recall_metrics(per_view[0], truth),
-            "views": recall_metrics(np.max(per_view, axis=0), truth),
-        }
+        names = eval_cache.meta.get("views") or [f"view{v}" for v in range(views)]
+        result = {str(names[v]): recall_metrics(per_view[v], truth) for v in range(views)}
+        result["views"] = recall_metrics(np.max(per_view, axis=0), truth)
+        report[name] = result
 
     def backbone_gallery(c: FeatureCache) -> np.ndarray:
         tokens = catalog if c is eval_cache else torch.from_numpy(np.array(c.catalog))

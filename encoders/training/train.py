@@ -55,7 +55,7 @@ TEXT_DIMS = {"multilingual": 512, "minilm": 384}
 class TrainSettings:
     epochs: int = 20
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 5e-4
     weight_decay: float = 0.05
     seed: int = 0
     text_model: str = "multilingual"
@@ -63,7 +63,7 @@ class TrainSettings:
     image_weight: float = 0.0
     d_model: int = 128
     layers: int = 2
-    out_dim: int = 256
+    out_dim: int = 1280
     photos_per_item: int = 2
     threads: int = 0
 
