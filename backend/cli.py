@@ -25,6 +25,11 @@ def _settings(args: argparse.Namespace) -> object:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if settings.log_format == "json":
+        from backend.metrics import JsonFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     return settings
 
 
@@ -233,6 +238,87 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         vectors.close()
 
 
+def cmd_reindex(args: argparse.Namespace) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from backend.app import make_encoder, open_vector_store, prepare_database
+    from backend.config import Settings
+    from backend.domain.ports import VectorEncoder
+    from backend.domain.reindex import (
+        Reindexer,
+        baseline_encoder_for,
+        built_by,
+        safe_version,
+        write_report,
+    )
+    from backend.stores.catalog.db import make_engine
+    from backend.stores.catalog.repository import CatalogRepository
+
+    settings = _settings(args)
+    assert isinstance(settings, Settings)
+    encoder = make_encoder(settings)
+    if args.model and safe_version(args.model) != safe_version(encoder.model_version):
+        print(f"error: the configured encoder is model version {encoder.model_version!r}, not "
+              f"{args.model!r}: set PRODSEARCH_ENCODER__TEXT_MODEL / __FUSION_CHECKPOINT (the "
+              "same settings the servers will run with)", file=sys.stderr)
+        return 2
+    prepare_database(settings)
+    engine = make_engine(settings.sql_url)
+    catalog = CatalogRepository(engine)
+    vectors = open_vector_store(settings)  # StoreBusy while a server owns the embedded store
+    try:
+        alias = settings.collection
+        current = vectors.resolve(alias)
+        if (current != alias and not args.rebuild
+                and built_by(alias, current) == safe_version(encoder.model_version)):
+            print(f"{alias!r} -> {current} is already built by {encoder.model_version}; "
+                  "nothing to do (--rebuild builds it again)")
+            return 0
+
+        def make(overrides: dict[str, object]) -> VectorEncoder:
+            enc = settings.encoder.model_copy(update={"worker_url": "", **overrides})
+            return make_encoder(settings.model_copy(update={"encoder": enc}))
+
+        others = [m for m in ("multilingual", "minilm") if m != settings.encoder.text_model]
+        # The collection before the fusion model shipped, or one of another text model.
+        candidates: list[dict[str, object]] = [{"fusion_checkpoint": "none"}]
+        candidates += [{"text_model": m, "fusion_checkpoint": "none"} for m in others]
+        candidates += [{"text_model": m} for m in others]
+        baseline = (baseline_encoder_for(current, alias, make, candidates)
+                    if current != alias else None)
+        reindexer = Reindexer(catalog, engine, vectors, encoder, alias,
+                              shards=settings.qdrant_shards, replicas=settings.qdrant_replicas,
+                              batch=settings.indexer_batch,
+                              max_image_pixels=settings.search.max_image_pixels)
+        with tqdm(desc="reindex", unit="product") as bar:
+
+            def set_total(n: int) -> None:
+                bar.total = n
+                bar.refresh()
+
+            result = reindexer.run(force=args.force, margin=args.margin, sample=args.sample,
+                                   baseline_encoder=baseline, keep_old=args.keep_old,
+                                   grace_s=args.grace, progress=bar.update, total=set_total)
+        write_report(result, settings.data_dir / "reindex" / f"{result.new}.json")
+        if args.json:
+            print(json.dumps(result.to_dict(), indent=2, default=str))
+        else:
+            for label, q in (("current", result.old_quality), ("new", result.new_quality)):
+                if q is not None:
+                    print(f"{label:>7}: photo Recall@1 {q.photo_recall_at_1:.3f}, "
+                          f"title Recall@5 {q.text_recall_at_5:.3f} ({q.sample} products)")
+            for note in result.notes:
+                print(f"note: {note}")
+            print(f"{result.products} products, {result.points} vectors, {result.replayed} "
+                  f"changed during the build; {result.message} ({result.seconds:.0f} s)")
+        return 0 if result.switched else 1
+    finally:
+        vectors.close()
+        engine.dispose()
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from encoders.evaluation.runner import run_from_args
 
@@ -246,6 +332,35 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- client commands
+
+
+def cmd_dedup(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from tqdm import tqdm
+
+    from backend.app import build_app
+    from backend.config import Settings
+    from backend.domain.dedup import find_duplicates
+
+    settings = _settings(args)
+    assert isinstance(settings, Settings)
+    app = build_app(settings)
+    try:
+        calibration = app.match.calibration()
+        with tqdm(desc="dedup", unit="product") as bar:
+            run_id, rows = find_duplicates(app.catalog, app.vectors, settings.collection,
+                                           calibration, args.merchant, progress=bar.update)
+    finally:
+        app.close()
+    counts = Counter(r.status for r in rows)
+    groups = {r.group_id for r in rows if r.group_id}
+    print(f"dedup run {run_id}: {len(groups)} groups ({counts['group']} strong pairs), "
+          f"{counts['review']} pairs for review (table dedup_reviews)")
+    for row in rows[: args.show]:
+        print(f"  {row.status:<6} p={row.probability:.2f} {row.product_a} ~ {row.product_b}: "
+              f"{row.evidence['reason']}")
+    return 0
 
 
 def _client_call(render: Callable[[], str]) -> int:
@@ -372,6 +487,25 @@ def build_parser() -> argparse.ArgumentParser:
     server_opts(p)
     p.add_argument("--fix", action="store_true", help="repair the differences found")
 
+    p = add("reindex", cmd_reindex,
+            "build a collection for the configured model, check it, switch the alias to it")
+    server_opts(p)
+    p.add_argument("--model", metavar="VERSION",
+                   help="expected model version: refuse unless the configured encoder "
+                        "(PRODSEARCH_ENCODER__TEXT_MODEL, __FUSION_CHECKPOINT) is this one")
+    p.add_argument("--force", action="store_true",
+                   help="switch even when recall drops by more than the margin")
+    p.add_argument("--margin", type=float, default=0.02,
+                   help="largest recall drop accepted (default 0.02)")
+    p.add_argument("--sample", type=int, default=50,
+                   help="products in the quick retrieval check (default 50)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="build again even if the current collection has this model version")
+    p.add_argument("--keep-old", action="store_true", help="keep the old collection")
+    p.add_argument("--grace", type=float, default=5.0,
+                   help="seconds between the switch and dropping the old collection")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
     p = add("eval", cmd_eval, "retrieval benchmarks on real images (JSON + Recall@K plot)")
     from encoders.evaluation.runner import add_arguments as eval_arguments
 
@@ -398,6 +532,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--addr", help="server host:port (default 127.0.0.1:50051)")
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--json", action="store_true", help="print one JSON document")
+
+    p = add("dedup", cmd_dedup, "find listings that are the same product across merchants")
+    server_opts(p)
+    p.add_argument("--merchant", help="only listings of this merchant as sources")
+    p.add_argument("--show", type=int, default=20, help="pairs to print")
 
     p = add("match", cmd_match, "is this listing a product already in the catalog?")
     p.add_argument("--image", action="append", default=[], required=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import grpc
@@ -11,6 +12,7 @@ from PIL import Image
 
 from backend.demo import photo_of
 from backend.demo_catalog import OPENCLIPART_DIR, pick_images
+from backend.domain.dedup import find_duplicates
 from backend.match_job import calibrate_matching
 from backend.transport.grpc.generated.product_search.v1 import product_search_pb2 as pb
 from encoders.evaluation.photos import EASY, photo_jpeg, render_shelf
@@ -169,3 +171,29 @@ def test_similar_items_exclude_the_product_and_honour_filters(running: Running) 
         product_id=product.product_id, top_k=5, diversify=True), timeout=30)
     assert len(diverse.hits) == 5
     assert product.product_id not in {h.product.product_id for h in diverse.hits}
+
+
+def test_dedup_groups_the_same_product_across_merchants(calibrated: Running) -> None:
+    source = image_path(item(calibrated, 45))
+    listings = [
+        pb.Product(sku="DUP-A", merchant="dup-north", title="Vintage enamel mug",
+                   size="M", material="metal", colour="blue", brand="Acme",
+                   images=[pb.ProductImage(content=source.read_bytes())]),
+        pb.Product(sku="DUP-B", merchant="dup-south", title="Blue mug retro style",
+                   size="M", material="metal", colour="blue", brand="Acme",
+                   images=[pb.ProductImage(content=source.read_bytes())]),
+    ]
+    reply = calibrated.writes.UpsertProducts(iter(listings), timeout=30)
+    app = calibrated.app
+    for _ in range(300):
+        if app.catalog.indexed_version() >= reply.catalog_version:
+            break
+        time.sleep(0.1)
+    run_id, rows = find_duplicates(app.catalog, app.vectors, app.settings.collection,
+                                   app.match.calibration(), merchant="dup-north")
+    ids = set(reply.product_ids)
+    grouped = [r for r in rows if r.status == "group" and {r.product_a, r.product_b} == ids]
+    assert grouped, rows
+    assert grouped[0].probability >= 0.9
+    assert app.catalog.dedup_run(run_id) == rows
+    calibrated.writes.DeleteProducts(pb.DeleteProductsRequest(product_ids=list(ids)), timeout=30)

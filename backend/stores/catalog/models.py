@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -191,3 +192,23 @@ class ApiKey(Base):
     warehouse: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DedupReview(Base):
+    """A pair of listings from different merchants that may be the same product, with the
+    evidence. status: 'group' (merged: every pair in its group is a strong match) or 'review'
+    (a weak link, or a strong one that would merge through a weak link: a person decides)."""
+
+    __tablename__ = "dedup_reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(32), index=True)
+    group_id: Mapped[str | None] = mapped_column(String(32))
+    product_a: Mapped[str] = mapped_column(ForeignKey("products.id", ondelete="CASCADE"))
+    product_b: Mapped[str] = mapped_column(ForeignKey("products.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    probability: Mapped[float] = mapped_column(Float)
+    image_similarity: Mapped[float] = mapped_column(Float)
+    text_similarity: Mapped[float] = mapped_column(Float)
+    evidence: Mapped[str] = mapped_column(Text)  # JSON: attribute differences, reason
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

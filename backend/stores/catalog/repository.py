@@ -32,6 +32,7 @@ from backend.stores.catalog.models import (
     ApiKey,
     CatalogState,
     Category,
+    DedupReview,
     InventoryLevel,
     Merchant,
     OutboxEntry,
@@ -40,6 +41,19 @@ from backend.stores.catalog.models import (
     ProductRecord,
     utcnow,
 )
+
+
+@dataclass(frozen=True)
+class DedupPair:
+    product_a: str
+    product_b: str
+    status: str  # "group" or "review"
+    group_id: str | None
+    probability: float
+    image_similarity: float
+    text_similarity: float
+    evidence: dict[str, Any]
+
 
 # Keeps IN (...) lists well under every backend's bound-parameter limit.
 _CHUNK = 500
@@ -752,3 +766,25 @@ class CatalogRepository:
                 update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
                 .values(revoked_at=utcnow()))
             return bool(getattr(result, "rowcount", 0))
+
+    # -- dedup reviews -------------------------------------------------------------------------
+
+    def save_dedup_run(self, run_id: str, pairs: Sequence[DedupPair]) -> None:
+        """Store one dedup run's pairs in one transaction (all or nothing)."""
+        rows = [{
+            "run_id": run_id, "group_id": p.group_id, "product_a": p.product_a,
+            "product_b": p.product_b, "status": p.status, "probability": p.probability,
+            "image_similarity": p.image_similarity, "text_similarity": p.text_similarity,
+            "evidence": json.dumps(p.evidence, ensure_ascii=False), "created_at": utcnow(),
+        } for p in pairs]
+        with self._write.begin() as session:
+            if rows:
+                session.execute(insert(DedupReview), rows)
+
+    def dedup_run(self, run_id: str) -> list[DedupPair]:
+        with self._read() as session:
+            rows = session.scalars(select(DedupReview).where(DedupReview.run_id == run_id)
+                                   .order_by(DedupReview.id))
+            return [DedupPair(r.product_a, r.product_b, r.status, r.group_id, r.probability,
+                              r.image_similarity, r.text_similarity, json.loads(r.evidence))
+                    for r in rows]
