@@ -33,7 +33,7 @@ def _tables(url: str) -> set[str]:
 
 def test_expected_tables() -> None:
     expected = {"merchants", "categories", "products", "product_images", "product_attributes",
-                "inventory", "outbox", "catalog_state", "api_keys"}
+                "inventory", "outbox", "catalog_state", "api_keys", "dedup_reviews"}
     assert expected == TABLES
 
 
