@@ -13,6 +13,12 @@ from backend.domain.catalog import CatalogService, ImageBlobStore
 from backend.domain.indexing import Indexer, collection_spec
 from backend.domain.match import MatchService
 from backend.domain.ports import VectorEncoder
+from backend.domain.reindex import (
+    ModelVersionMismatch,
+    check_model_version,
+    physical_name,
+    reindex_on_start,
+)
 from backend.domain.restock import RestockService
 from backend.domain.search import SearchService
 from backend.stores.catalog import migrate
@@ -104,9 +110,12 @@ def ensure_collection(vectors: VectorStore, settings: Settings, encoder: VectorE
     """Create the collection for the current model version and point the alias at it if
     nothing is there yet (a later model version switches over through `reindex`)."""
     name = settings.collection
-    if name in vectors.list_collections() or vectors.resolve(name) != name:
+    if name in vectors.list_collections():
         return
-    physical = f"{name}__{_safe(encoder.model_version)}"
+    # Raises ModelVersionMismatch when the alias points at another model's collection.
+    if check_model_version(vectors, name, encoder.model_version) is not None:
+        return
+    physical = physical_name(name, encoder.model_version)
     vectors.ensure_collection(
         collection_spec(physical, encoder, settings.qdrant_shards, settings.qdrant_replicas)
     )
@@ -117,12 +126,19 @@ def _safe(version: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in version)
 
 
-def build_app(settings: Settings, encoder: VectorEncoder | None = None) -> App:
+def build_app(settings: Settings, encoder: VectorEncoder | None = None,
+              auto_reindex: bool | None = None) -> App:
+    """`auto_reindex` (default: for the embedded store) rebuilds the vector collection when
+    it was made by another model version; otherwise that refuses to start."""
+    from backend import metrics
+
     prepare_database(settings)
     engine = make_engine(settings.sql_url)
     catalog = CatalogRepository(engine)
-    vectors = open_vector_store(settings)
+    vectors = metrics.instrument_vector_store(open_vector_store(settings))
     encoder = encoder or make_encoder(settings)
+    metrics.instrument_encoder(encoder)
+    metrics.watch_outbox(catalog)
     wakeup = threading.Event()
     app = App(
         settings=settings,
@@ -148,5 +164,14 @@ def build_app(settings: Settings, encoder: VectorEncoder | None = None) -> App:
         restock=RestockService(catalog, vectors, encoder, settings.collection, settings.search),
         index_wakeup=wakeup,
     )
-    app.ensure_collection()
+    try:
+        app.ensure_collection()
+    except ModelVersionMismatch:
+        if not (settings.embedded if auto_reindex is None else auto_reindex):
+            app.close()
+            raise
+        reindex_on_start(catalog, engine, vectors, encoder, settings.collection,
+                         shards=settings.qdrant_shards, replicas=settings.qdrant_replicas,
+                         batch=settings.indexer_batch,
+                         max_image_pixels=settings.search.max_image_pixels)
     return app

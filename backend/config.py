@@ -107,7 +107,14 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(5.0, ge=0)
     indexer_poll_ms: int = Field(200, ge=10)
     indexer_batch: int = Field(64, ge=1)
+    # The outbox has one drainer: with several `serve` replicas, set this false on all but one.
+    indexer_enabled: bool = True
     log_level: str = "INFO"
+    # "text" (one line per record) or "json" (one JSON object per line, with request_id).
+    log_format: Literal["text", "json"] = "text"
+    # Prometheus metrics over HTTP on this port (0 = off), bound to metrics_host.
+    metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
     encoder: EncoderSettings = EncoderSettings()
     search: SearchSettings = SearchSettings()
     auth: AuthSettings = AuthSettings()

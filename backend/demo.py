@@ -50,7 +50,8 @@ def prepare(settings: Settings, products: int) -> tuple[App, list[dict[str, obje
     print(f"building a catalog of {products} products from {root} ...")
     catalog = build_catalog(pick_images(root, products), root)
     write_catalog(catalog, catalog_path)
-    app = build_app(settings)
+    # A collection of another model version is rebuilt here (progress bar), even on a server.
+    app = build_app(settings, auto_reindex=True)
     with tqdm(total=len(catalog), desc="catalog", unit="product") as bar:
         report = ingest_file(catalog_path, app.catalog, progress=bar.update)
     print(f"catalog: {report.changed} new or changed, {report.unchanged} unchanged, "

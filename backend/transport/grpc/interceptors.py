@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from backend import metrics
 from backend.errors import DomainError, PermissionDenied, Unauthenticated
 from backend.security import ApiKeys, Principal, Role, reset_current, set_current
 from backend.security.principal import UNRESTRICTED
@@ -207,6 +208,7 @@ class _Guard:
     def done(self, start: float, code: grpc.StatusCode, principal: Principal | None,
              label: str) -> None:
         ms = (time.perf_counter() - start) * 1000
+        metrics.observe_rpc(self.method, code.name, ms / 1000)
         who = principal.label if principal is not None else label
         level = logging.DEBUG if code == grpc.StatusCode.OK else logging.INFO
         log.log(level, "rid=%s %s %s %s %.1fms", _request_id.get(), self.method, who,

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
 import grpc
 from grpc_health.v1 import _async as health_aio
@@ -55,6 +56,7 @@ class Server:
         self._indexer_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.port = 0
+        self.metrics_http: Any = None  # the Prometheus HTTP server, when metrics_port is set
 
     async def start(self) -> int:
         s = self._server
@@ -81,8 +83,14 @@ class Server:
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await s.start()
         log.info("listening on %s:%d; warming up models", self._host, self.port)
+        if self.app.settings.metrics_port and self.metrics_http is None:
+            from backend import metrics
+
+            self.metrics_http, _ = metrics.start_http(self.app.settings.metrics_host,
+                                                      self.app.settings.metrics_port)
         await self._warm_up()
-        self._indexer_task = asyncio.create_task(self._index_loop(), name="indexer")
+        if self.app.settings.indexer_enabled:
+            self._indexer_task = asyncio.create_task(self._index_loop(), name="indexer")
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving (model %s)", self.app.encoder.model_version)
@@ -117,6 +125,10 @@ class Server:
         self.app.index_wakeup.set()
         await self._health.enter_graceful_shutdown()
         await self._server.stop(grace)
+        if self.metrics_http is not None:
+            self.metrics_http.shutdown()
+            self.metrics_http.server_close()
+            self.metrics_http = None
         if self._indexer_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._indexer_task
