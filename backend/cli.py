@@ -320,9 +320,40 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.task == "match":
+        return _eval_match(args)
     from encoders.evaluation.runner import run_from_args
 
     return run_from_args(args)
+
+
+def _eval_match(args: argparse.Namespace) -> int:
+    """Fit the match calibration on pairs from the catalog in the data folder, save it for
+    the current model version, print precision / recall / F1 per verdict on held-out items."""
+    import json
+
+    from tqdm import tqdm
+
+    from backend.app import make_encoder, prepare_database
+    from backend.config import Settings
+    from backend.match_job import calibrate_matching
+    from backend.stores.catalog.db import make_engine
+    from backend.stores.catalog.repository import CatalogRepository
+
+    settings = _settings(args)
+    assert isinstance(settings, Settings)
+    prepare_database(settings)
+    catalog = CatalogRepository(make_engine(settings.sql_url))
+    encoder = make_encoder(settings)
+    encoder.start()
+
+    def bar(total: int) -> Callable[[int], object]:
+        return tqdm(total=total, desc="match pairs", unit="pair").update
+
+    report = calibrate_matching(settings, catalog, encoder, limit=args.limit or 200,
+                                progress_factory=bar)
+    print(json.dumps(report, ensure_ascii=False, indent=None if args.json else 2))
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -509,7 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("eval", cmd_eval, "retrieval benchmarks on real images (JSON + Recall@K plot)")
     from encoders.evaluation.runner import add_arguments as eval_arguments
 
-    eval_arguments(p)
+    eval_arguments(p, extra_tasks=("match",))
+    p.add_argument("--data-dir", help="data folder holding the catalog (task match)")
 
     p = add("train", cmd_train, "train the fusion model (backbones frozen, cached features)")
     from encoders.training.cli import add_arguments as train_arguments

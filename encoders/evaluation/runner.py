@@ -12,7 +12,7 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,8 +148,9 @@ def _table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", required=True, choices=[*TASKS, "all"])
+def add_arguments(parser: argparse.ArgumentParser, extra_tasks: Sequence[str] = ()) -> None:
+    """`extra_tasks`: tasks the caller runs itself (the backend's `match` task)."""
+    parser.add_argument("--task", required=True, choices=[*TASKS, *extra_tasks, "all"])
     parser.add_argument("--json", action="store_true", help="print the JSON document only")
     parser.add_argument("--limit", type=int, help="small run: fmnist N queries / 10N gallery; "
                         "openclipart gallery of N items")
