@@ -15,8 +15,9 @@ L2-normalised space.
 An input with one modality runs the same Transformer with only that modality's tokens
 (the other is absent, not zero-filled), so a photo, a text or both query the same vectors.
 The CLS token attends over the 49 spatial tokens: the attention learns where the item is in
-a cluttered photo, which a global average pool cannot. The heads start at zero and the pooling
-scores at zero, so an untrained model gives exactly the backbone's average-pooled vector:
+a cluttered photo, which a global average pool cannot. The image and fused heads start at zero and
+the pooling scores at zero, so an untrained model gives exactly the backbone's average-pooled
+vector for any input with an image:
 training can only move it from that starting point (where to look, what to add from the
 text), not start from noise.
 
@@ -101,7 +102,9 @@ class FusionModel(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.heads = nn.ModuleDict({m: nn.Linear(d, config.out_dim) for m in MODES})
-        for head in self.heads.values():
+        for mode in ("image", "fused"):  # these start as the backbone's pooled vector
+            head = self.heads[mode]
+            assert isinstance(head, nn.Linear)
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
         self.pool_score = nn.Linear(d, 1)

@@ -29,7 +29,7 @@ from encoders.fusion import (
     FusionInput,
     load_checkpoint,
 )
-from encoders.image import Box, EfficientNetLite0Encoder
+from encoders.image import Box, EfficientNetLite0Encoder, crop_boxes
 from encoders.localise import query_views
 from encoders.preprocess import letterbox
 from encoders.text import TextEncoder, make_text_encoder
@@ -190,11 +190,15 @@ class ProductEncoder:
                 out[i]["fused"] = fused[row]
         return out
 
-    def query_image_vectors(self, image: Image) -> np.ndarray:
+    def query_image_vectors(self, image: Image, crops: bool = False) -> np.ndarray:
         """(V, d) vectors of a query photo's views (`localise.query_views`: the photo and
-        the isolated item when one stands out) in the space search should use: "fused"
-        with a fusion model, else "image". Search keeps each point's best score."""
+        the isolated item when one stands out; with `crops`, also the multi-scale square
+        windows of `crop_boxes`) in the space search should use: "fused" with a fusion
+        model, else "image". Search keeps each point's best score over the rows."""
         views = query_views(image)
+        if crops:
+            rgb = image if image.mode == "RGB" else image.convert("RGB")
+            views += [rgb.crop(box) for box in crop_boxes(*rgb.size)[1:]]
         encoded = self.encode_batch(views, [None] * len(views))
         name = "fused" if self.fusion is not None else "image"
         return np.stack([e[name] for e in encoded])

@@ -19,8 +19,8 @@ from encoders.fusion import (
 )
 from encoders.lstm import LSTMTextEncoder, LSTMTextNet, tokenize
 
-SMALL = FusionConfig(text_dim=16, d_model=32, heads=2, layers=1, ff_dim=64, out_dim=24,
-                     dropout=0.0)
+SMALL = FusionConfig(text_dim=16, d_model=32, heads=2, layers=1, ff_dim=64, dropout=0.0)
+OUT = SMALL.out_dim
 
 
 def _model(seed: int = 0, config: FusionConfig = SMALL) -> FusionModel:
@@ -36,7 +36,7 @@ def test_fusion_shapes_and_unit_length_for_every_mode() -> None:
     with torch.no_grad():
         outs = [model(image), model(None, text, mask), model(image, text, mask)]
     for out in outs:
-        assert out.shape == (3, 24)
+        assert out.shape == (3, OUT)
         assert torch.allclose(out.norm(dim=-1), torch.ones(3), atol=1e-5)
     with pytest.raises(ValueError):
         model()
@@ -77,11 +77,11 @@ def test_fusion_encoder_mixed_batch_in_one_space(tmp_path: Path) -> None:
     inputs = [FusionInput(img, txt), FusionInput(img), FusionInput(None, txt[:2]),
               FusionInput(None, txt)]
     out = enc.encode(inputs)
-    assert out.shape == (4, 24) and out.dtype == np.float32
+    assert out.shape == (4, OUT) and out.dtype == np.float32
     assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
     alone = enc.encode([FusionInput(None, txt[:2])])
     assert np.allclose(out[2], alone[0], atol=1e-5)
-    assert enc.version == "fusion-test" and enc.dim == 24
+    assert enc.version == "fusion-test" and enc.dim == OUT
     with pytest.raises(ValueError):
         enc.encode([FusionInput()])
 
@@ -126,7 +126,7 @@ def test_lstm_net_shapes_mask_and_determinism() -> None:
 
 def test_lstm_text_encoder_from_checkpoint(tmp_path: Path) -> None:
     config = FusionConfig(text_model="lstm", text_dim=12, d_model=32, heads=2, layers=1,
-                          ff_dim=64, out_dim=24,
+                          ff_dim=64,
                           lstm={"vocab_size": 30522, "embed_dim": 8, "hidden": 6})
     model = _model(config=config)
     path = tmp_path / "lstm.pt"
@@ -139,7 +139,7 @@ def test_lstm_text_encoder_from_checkpoint(tmp_path: Path) -> None:
     fusion = FusionEncoder(path, device="cpu")
     _vectors, ids = enc.encode_with_tokens(["red dress"])
     fused = fusion.encode([FusionInput(torch.zeros(49, 1280), ids[0])])
-    assert fused.shape == (1, 24)
+    assert fused.shape == (1, OUT)
 
 
 def test_lstm_needs_a_checkpoint_trained_with_it(tmp_path: Path) -> None:
@@ -172,5 +172,7 @@ def test_product_encoder_gives_fused_for_every_element() -> None:
     # The pooled image vector is the plain encoder's.
     assert np.allclose(out[1]["image"], enc.encode_images([img])[0], atol=1e-5)
     assert enc.query_image_vectors(img).shape[1] == enc.dims["fused"]
+    with_crops = enc.query_image_vectors(img, crops=True)
+    assert with_crops.shape[0] > 1 and with_crops.shape[1] == enc.dims["fused"]
     plain = ProductEncoder(text_model="minilm", device="cpu", fusion_checkpoint="none")
     assert "fused" not in plain.dims
