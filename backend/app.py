@@ -122,10 +122,6 @@ def ensure_collection(vectors: VectorStore, settings: Settings, encoder: VectorE
     vectors.set_alias(name, physical)
 
 
-def _safe(version: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in version)
-
-
 def build_app(settings: Settings, encoder: VectorEncoder | None = None,
               auto_reindex: bool | None = None) -> App:
     """`auto_reindex` (default: for the embedded store) rebuilds the vector collection when

@@ -155,6 +155,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from backend.config import Settings
     from backend.demo import run_demo
+    from backend.demo_catalog import ImagesMissing
 
     settings = _settings(args)
     assert isinstance(settings, Settings)
@@ -163,7 +164,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         # requires keys. The server logs a warning whenever auth is off.
         settings = settings.model_copy(
             update={"auth": settings.auth.model_copy(update={"enabled": False})})
-    return run_demo(settings, products=args.products, serve=not args.exit)
+    try:
+        return run_demo(settings, products=args.products, serve=not args.exit)
+    except ImagesMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

@@ -4,7 +4,6 @@ pixels; the other attributes are drawn with a fixed seed so every run builds the
 
 from __future__ import annotations
 
-import colorsys
 import json
 import random
 import shutil
@@ -12,10 +11,15 @@ import subprocess
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
-OPENCLIPART_DIR = Path("/usr/share/openclipart/png")
+from encoders.evaluation.datasets import (
+    OPENCLIPART_DIR,
+    dominant_colour,
+    small_enough,
+    title_from_path,
+)
+
 DEBIAN_PACKAGE = "openclipart-png"
 
 MATERIALS = ("cotton", "wool", "leather", "plastic", "metal", "wood", "glass", "paper")
@@ -23,7 +27,6 @@ SIZES = ("XS", "S", "M", "L", "XL")
 BRANDS = ("Acme", "Nordwind", "Lumen", "Kiko", "Orbis", "Tessera")
 MERCHANTS = ("north-shop", "south-shop")
 WAREHOUSES = ("berlin", "lyon")
-MAX_PIXELS = 4_000_000
 
 
 class ImagesMissing(RuntimeError):
@@ -63,54 +66,10 @@ def pick_images(root: Path, count: int, seed: int = 7) -> list[Path]:
         for queue in queues:
             while queue and len(picked) < count:
                 path = queue.pop()
-                if _reasonable_size(path):
+                if small_enough(path):
                     picked.append(path)
                     break
     return picked
-
-
-def _reasonable_size(path: Path) -> bool:
-    """A few openclipart files are posters of 100+ megapixels: fine art, poor products."""
-    with Image.open(path) as img:  # reads the header only
-        return img.width * img.height <= MAX_PIXELS
-
-
-def title_from_filename(path: Path) -> str:
-    stem = path.stem
-    # Files are named "<what>_<author>_NN"; the first words describe the picture.
-    words = [w for w in stem.replace("-", "_").split("_") if w and not w.isdigit()]
-    return " ".join(words[:4]).capitalize() or stem
-
-
-def dominant_colour(path: Path) -> str:
-    """A colour name measured from the opaque, non-white pixels of the image."""
-    with Image.open(path) as img:
-        rgba = img.convert("RGBA")
-        rgba.thumbnail((64, 64))
-        pixels = np.asarray(rgba, dtype=np.float32).reshape(-1, 4)
-    pixels = pixels[(pixels[:, 3] > 128) & (pixels[:, :3].min(axis=1) < 235)]
-    if len(pixels) == 0:
-        return "white"
-    r, g, b = (float(c) for c in pixels[:, :3].mean(axis=0) / 255)
-    h, s, v = colorsys.rgb_to_hsv(r, g, b)
-    if v < 0.2:
-        return "black"
-    if s < 0.18:
-        return "white" if v > 0.85 else "grey"
-    hue = h * 360
-    if hue < 15 or hue >= 340:
-        return "red"
-    if hue < 40:
-        return "orange" if v > 0.6 else "brown"
-    if hue < 70:
-        return "yellow"
-    if hue < 170:
-        return "green"
-    if hue < 255:
-        return "blue"
-    if hue < 290:
-        return "purple"
-    return "pink"
 
 
 def build_catalog(images: list[Path], root: Path, seed: int = 11) -> list[dict[str, object]]:
@@ -118,8 +77,9 @@ def build_catalog(images: list[Path], root: Path, seed: int = 11) -> list[dict[s
     products: list[dict[str, object]] = []
     for n, path in enumerate(images):
         category = "/".join(path.relative_to(root).parent.parts)
-        title = title_from_filename(path)
-        colour = dominant_colour(path)
+        title = title_from_path(path)
+        with Image.open(path) as img:
+            colour = dominant_colour(img)
         material = rng.choice(MATERIALS)
         products.append(
             {

@@ -147,7 +147,7 @@ def title_from_path(path: Path) -> str:
     return " ".join(words[:4]).capitalize() or path.stem
 
 
-def _small_enough(path: Path) -> bool:
+def small_enough(path: Path) -> bool:
     """Pixel count from the header only (the PNG IHDR chunk, else PIL's lazy open)."""
     try:
         with open(path, "rb") as fh:
@@ -170,7 +170,7 @@ def openclipart_items(root: Path = OPENCLIPART_DIR) -> tuple[ClipartItem, ...]:
         raise _missing("openclipart images", OPENCLIPART_PACKAGE, root)
     items = []
     for path in paths:
-        if not _small_enough(path):
+        if not small_enough(path):
             continue
         rel = path.relative_to(root)
         items.append(
