@@ -176,3 +176,16 @@ def test_product_encoder_gives_fused_for_every_element() -> None:
     assert with_crops.shape[0] > 1 and with_crops.shape[1] == enc.dims["fused"]
     plain = ProductEncoder(text_model="minilm", device="cpu", fusion_checkpoint="none")
     assert "fused" not in plain.dims
+
+
+def test_shipped_checkpoint_loads() -> None:
+    from encoders.fusion import DEFAULT_CHECKPOINT
+
+    assert DEFAULT_CHECKPOINT.exists(), "a fresh install must ship a trained fusion model"
+    assert DEFAULT_CHECKPOINT.stat().st_size < 8 * 2**20
+    enc = FusionEncoder(DEFAULT_CHECKPOINT, device="cpu")
+    assert enc.config.text_model == "multilingual" and enc.dim == 1280
+    assert enc.version.startswith("fusion-")
+    out = enc.encode([FusionInput(torch.zeros(49, 1280) + 0.1), FusionInput(None,
+                                                                         torch.ones(1, 512))])
+    assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
