@@ -60,7 +60,7 @@ def make_encoder(settings: Settings) -> VectorEncoder:
         text_model=enc.text_model,
         device=enc.device,
         threads=enc.threads,
-        fusion_checkpoint=enc.fusion_checkpoint,
+        fusion_checkpoint="" if enc.fusion_checkpoint == "shipped" else enc.fusion_checkpoint,
     )
     if enc.runtime != "torch":
         from encoders.optimized import optimize

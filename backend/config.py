@@ -30,9 +30,11 @@ class EncoderSettings(BaseModel):
     max_wait_ms: float = Field(5.0, ge=0, le=1000)
     max_queue: int = Field(256, ge=1)
     threads: int = Field(0, ge=0)  # torch intra-op threads, 0 = library default
-    # Trained fusion checkpoint; empty = the one shipped with the package, if present;
-    # "none" = no fused vector (image and text vectors only).
-    fusion_checkpoint: str = ""
+    # "none" (default): image and text vectors only; "shipped": the fusion checkpoint shipped
+    # in encoders/checkpoints; or a checkpoint path. Off by default because the shipped model
+    # loses to the pretrained vectors on product photos and on text (README, "Model quality")
+    # and its image path cannot use the ONNX runtime.
+    fusion_checkpoint: str = "none"
     worker_url: str = ""  # host:port of a remote encoder worker; empty = encode in-process
     # CPU models: "onnx" (ONNX Runtime, several times faster; vectors agree with torch to
     # cosine >= 0.9999) or "torch" (eager PyTorch, the reference). GPUs always run torch fp16.

@@ -193,25 +193,30 @@ class SearchService:
             *(self._encoder.encode(view, text) for view in views)
         ) if views else [await self._encoder.encode(None, text)]
 
-        def run(vectors: dict[str, np.ndarray]) -> list[ScoredPoint]:
+        def vector_for(vectors: dict[str, np.ndarray]) -> str:
+            """The named vector a query searches: the fused one for photos when a fusion
+            model is configured; text alone always searches the text vector, which the
+            fused one does not beat on text (README, "Model quality")."""
+            if "image" not in vectors:
+                return "text"
             if "fused" in vectors:
-                return self._vectors.search(
-                    collection, "fused", vectors["fused"], filters, limit, 0, with_vectors)
-            if "image" in vectors and "text" in vectors:
-                # Until a trained fused vector exists, combine modalities by rank fusion.
+                return "fused"
+            return "hybrid" if "text" in vectors else "image"
+
+        def run(vectors: dict[str, np.ndarray]) -> list[ScoredPoint]:
+            name = vector_for(vectors)
+            if name == "hybrid":
+                # Photo + text without a fusion model: combine the rankings (RRF), one call.
                 return self._vectors.search_hybrid(
                     collection, {"image": vectors["image"], "text": vectors["text"]},
                     filters, limit)
-            name = "image" if "image" in vectors else "text"
             return self._vectors.search(
                 collection, name, vectors[name], filters, limit, 0, with_vectors)
 
         results = await asyncio.gather(*(asyncio.to_thread(run, v) for v in encoded))
-        first = encoded[0]
-        name = "fused" if "fused" in first else (
-            "" if "image" in first and "text" in first else
-            "image" if "image" in first else "text")
-        return _best_per_point(results), name
+        name = vector_for(encoded[0])
+        return _best_per_point(results), "" if name == "hybrid" else name
+
     async def _product_vector(
         self, product_id: str, collection: str, name: str
     ) -> np.ndarray | None:
