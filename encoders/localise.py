@@ -12,8 +12,8 @@ from PIL import Image, ImageFilter
 _MIN_DISTANCE = 20.0
 _SPREAD_FACTOR = 1.5
 _MIN_FOREGROUND = 0.01  # below this fraction of pixels nothing stands out
-_MAX_FOREGROUND = 0.97
-_GAP = 3  # grid cells bridged when joining foreground regions into one item  # above it the "item" is the whole frame: cropping would not help
+_MAX_FOREGROUND = 0.97  # above it the "item" is the whole frame: cropping would not help
+_GAP = 3  # grid cells bridged when joining foreground regions into one item
 
 
 def foreground_box(image: Image.Image) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
