@@ -6,9 +6,9 @@ vector for every element: the trained Transformer over image and text tokens, wh
 projection heads put image-only, text-only and image+text inputs in ONE space. Callers look
 vectors up by name and read the names from `dims`.
 
-`fusion_checkpoint`: "" = the checkpoint shipped in `encoders/checkpoints/` (when it was
-trained for this text model), a path = that checkpoint, "none" = no fusion, None = a freshly
-initialised (untrained) fusion model, for comparisons.
+`fusion_checkpoint`: "none" (default) = no fusion, "" = the checkpoint shipped in
+`encoders/checkpoints/` (when it was trained for this text model), a path = that checkpoint,
+None = a freshly initialised (untrained) fusion model, for comparisons.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class ProductEncoder:
         text_model: str = "multilingual",
         device: str = "auto",
         threads: int = 0,
-        fusion_checkpoint: str | None = "",
+        fusion_checkpoint: str | None = "none",
     ) -> None:
         if image_model not in IMAGE_MODELS:
             valid = ", ".join(sorted(IMAGE_MODELS))

@@ -58,7 +58,7 @@ class JointEncoder(Protocol):
 def _load_fused_trained(device: str) -> JointEncoder:
     from encoders.model import ProductEncoder
 
-    encoder = ProductEncoder(device=device)
+    encoder = ProductEncoder(device=device, fusion_checkpoint="")
     if "fused" not in encoder.dims:
         raise Unavailable("ProductEncoder has no 'fused' vector yet (no trained fusion model)")
     encoder.load()
@@ -68,11 +68,7 @@ def _load_fused_trained(device: str) -> JointEncoder:
 def _load_fused_untrained(device: str) -> JointEncoder:
     from encoders.model import ProductEncoder
 
-    try:
-        encoder = ProductEncoder(device=device, fusion_checkpoint=None)
-    except TypeError as exc:
-        raise Unavailable("ProductEncoder takes no fusion_checkpoint argument yet "
-                          "(no fusion model to build untrained)") from exc
+    encoder = ProductEncoder(device=device, fusion_checkpoint=None)
     if "fused" not in encoder.dims:
         raise Unavailable("ProductEncoder has no 'fused' vector yet")
     encoder.load()

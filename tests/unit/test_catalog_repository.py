@@ -266,9 +266,11 @@ def test_iter_products_pages(repo: CatalogRepository) -> None:
 def test_category_exists_prefix(repo: CatalogRepository) -> None:
     repo.upsert_products([item("A", category=" Shoes / Running "),
                           item("B", category="a_b/c%d")])
-    for yes in ["Shoes", "Shoes/Running", " Shoes/ ", "a_b", "a_b/c%d", ""]:
+    # Case-insensitive, like the category filter itself; never a partial path segment.
+    for yes in ["Shoes", "Shoes/Running", " Shoes/ ", "shoes", "SHOES/running", "a_b",
+                "a_b/c%d", ""]:
         assert repo.category_exists(yes), yes
-    for no in ["Sho", "Shoes/Run", "shoes", "Shoes/Running/Trail", "a%", "a_", "axb"]:
+    for no in ["Sho", "Shoes/Run", "Shoes/Running/Trail", "a%", "a_", "axb"]:
         assert not repo.category_exists(no), no
     assert repo.get_product(repo.find_by_sku("acme", "A").product_id).category == (  # type: ignore[union-attr]
         "Shoes/Running")
