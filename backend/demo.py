@@ -102,8 +102,8 @@ def example_searches(addr: str, catalog: list[dict[str, object]], data_dir: Path
                                      in_stock=True, top_k=5)),
         ("3) Chinese text search '小狗' (puppy) in category animals",
          client.build_search_request(text="小狗", category="animals", top_k=5)),
-        ("4) text 'musical instrument', material=wood, price 10-120",
-         client.build_search_request(text="musical instrument", where={"material": "wood"},
+        ("4) text 'a tool for the workshop', material=metal, price 10-120",
+         client.build_search_request(text="a tool for the workshop", where={"material": "metal"},
                                      min_price=10, max_price=120, top_k=5)),
     ]
     for title, request in searches:
