@@ -120,20 +120,24 @@ def _score_candidates(catalog: CatalogRepository, vectors: VectorStore, collecti
     candidate_ids = {point.payload.product_id
                      for name, vector in queries
                      for point in vectors.search(collection, name, vector, flt, _CANDIDATES)}
-    others = catalog.get_products(sorted(candidate_ids))
-    for other in others.values():
+    others = list(catalog.get_products(sorted(candidate_ids)).values())
+    image_sims: dict[str, float | None] = {}
+    for other in others:
+        other_images = vectors.get_vectors(collection, other.product_id, "image")
+        image_sims[other.product_id] = (
+            best_cosine(np.stack([v for _, v in images]), np.stack([v for _, v in other_images]))
+            if images and other_images else None)
+    for other in others:
         key = pair_key(product.product_id, other.product_id)
         if other.merchant == product.merchant or key in evidence:
             continue
-        other_images = vectors.get_vectors(collection, other.product_id, "image")
+        image_sim = image_sims[other.product_id]
+        rivals = [s for pid, s in image_sims.items() if pid != other.product_id and s is not None]
         other_texts = vectors.get_vectors(collection, other.product_id, "text")
-        image_sim = (best_cosine(np.stack([v for _, v in images]),
-                                 np.stack([v for _, v in other_images]))
-                     if images and other_images else None)
         text_sim = best_cosine(texts[0][1], other_texts[0][1]) if texts and other_texts else 0.0
         diffs = attribute_diffs(catalog_attributes(product), catalog_attributes(other))
-        p_same = float(calibration.probabilities(
-            pair_features(image_sim, text_sim, diffs))[0][_SAME])
+        p_same = float(calibration.probabilities(pair_features(
+            image_sim, text_sim, diffs, max(rivals) if rivals else None))[0][_SAME])
         if p_same >= WEAK:
             evidence[key] = PairEvidence(
                 p_same, image_sim or 0.0, text_sim,

@@ -116,7 +116,10 @@ class MatchService:
                     f"matching is not calibrated for model {version}: run "
                     "`prodsearch eval --task match` (it fits and saves the calibration)"
                 )
-            self._calibration = MatchCalibration.load(path)
+            try:
+                self._calibration = MatchCalibration.load(path)
+            except ValueError as exc:
+                raise NotReady(f"{exc}: run `prodsearch eval --task match`") from exc
         return self._calibration
 
     def set_calibration(self, calibration: MatchCalibration) -> None:
@@ -143,15 +146,19 @@ class MatchService:
         collection = await asyncio.to_thread(self._vectors.resolve, self._collection)
         candidate_ids = await asyncio.to_thread(self._candidates, collection, vectors, flt)
         products = await asyncio.to_thread(self._catalog.get_products, candidate_ids)
+        visible = [products[pid] for pid in candidate_ids
+                   if pid in products and principal.can_see(products[pid])]
+        sims = [await asyncio.to_thread(self._similarities, collection, p.product_id, vectors)
+                for p in visible]
+        image_sims = [s[0] for s in sims if s[0] is not None]
         results = []
-        for product_id in candidate_ids:
-            if product_id not in products or not principal.can_see(products[product_id]):
-                continue
-            product = products[product_id]
-            image_sim, text_sim = await asyncio.to_thread(
-                self._similarities, collection, product_id, vectors)
+        for product, (image_sim, text_sim) in zip(visible, sims, strict=True):
+            others = list(image_sims)
+            if image_sim is not None:
+                others.remove(image_sim)
             diffs = attribute_diffs(listing.attributes(), catalog_attributes(product))
-            probs = calibration.probabilities(pair_features(image_sim, text_sim, diffs))[0]
+            probs = calibration.probabilities(pair_features(
+                image_sim, text_sim, diffs, max(others) if others else None))[0]
             best = int(np.argmax(probs))
             results.append(MatchResult(
                 product=product,

@@ -4,8 +4,9 @@ and precision / recall / F1 per verdict on held-out items (`prodsearch eval --ta
 - SAME: the item re-photographed (phone-like photo) and re-titled, same attributes;
 - VARIANT: re-photographed with the same title but another size or material, or recoloured
   (hue-shifted photo and another colour);
-- DIFFERENT: a photo of another item sold under THIS item's title (same title, other
-  product), and a photo of the visually closest other item under its own title."""
+- DIFFERENT: a photo of another item sold under THIS item's title and attributes (same
+  title, other product), and a photo of the visually closest other item under its own title.
+Each listing leaves out some attributes at random, as real listings do."""
 
 from __future__ import annotations
 
@@ -69,13 +70,20 @@ def _attrs(product: Product) -> dict[str, str]:
             "brand": product.brand}
 
 
+def partial(attrs: dict[str, str], rng: random.Random, keep: str = "") -> dict[str, str]:
+    """Listings often leave attributes out: drop each (but `keep`) with probability 1/2, so
+    that the verdict cannot lean on attribute differences alone."""
+    return {k: v if k == keep or rng.random() < 0.5 else "" for k, v in attrs.items()}
+
+
 def build_cases(products: list[Product], images: list[Image.Image], nearest: list[int],
                 rng: random.Random) -> list[ListingCase]:
     cases: list[ListingCase] = []
     for i, product in enumerate(products):
         attrs = _attrs(product)
         photo = render_photo(images[i], rng, EASY)[0]
-        cases.append(ListingCase(photo, retitle(product.title, rng), attrs, i, SAME))
+        cases.append(ListingCase(photo, retitle(product.title, rng), partial(attrs, rng), i,
+                                 SAME))
 
         changed = dict(attrs)
         kind = rng.choice(("size", "material", "colour"))
@@ -87,15 +95,18 @@ def build_cases(products: list[Product], images: list[Image.Image], nearest: lis
         else:
             changed["colour"] = rng.choice([c for c in _COLOURS if c != product.colour])
             source = hue_shift(source, rng.choice((90, 150, 210)))
-        cases.append(ListingCase(render_photo(source, rng, EASY)[0], product.title, changed, i,
-                                 VARIANT))
+        cases.append(ListingCase(render_photo(source, rng, EASY)[0], product.title,
+                                 partial(changed, rng, keep=kind), i, VARIANT))
 
+        # Another product under this one's title, with this one's attributes or none: the
+        # photo is what tells them apart.
         other = rng.choice([j for j in range(len(products)) if j != i])
         cases.append(ListingCase(render_photo(images[other], rng, EASY)[0], product.title,
-                                 _attrs(products[other]), i, DIFFERENT))
+                                 partial(attrs, rng), i, DIFFERENT))
         close = nearest[i]
         cases.append(ListingCase(render_photo(images[close], rng, EASY)[0],
-                                 products[close].title, _attrs(products[close]), i, DIFFERENT))
+                                 products[close].title, partial(_attrs(products[close]), rng),
+                                 i, DIFFERENT))
     return cases
 
 
@@ -111,11 +122,12 @@ def case_features(cases: list[ListingCase], products: list[Product],
         text = " . ".join(p for p in (case.title, case.attributes["brand"],
                                       case.attributes["colour"], case.attributes["material"]) if p)
         encoded = encoder.encode_many([*views, None], [None] * len(views) + [text])
-        image_sim = best_cosine(np.stack([e["image"] for e in encoded[:-1]]),
-                                catalog_image[case.target])
+        view_sims = (np.stack([e["image"] for e in encoded[:-1]]) @ catalog_image.T).max(axis=0)
+        image_sim = float(view_sims[case.target])
+        best_other = float(np.delete(view_sims, case.target).max())
         text_sim = best_cosine(encoded[-1]["text"], catalog_text[case.target])
         diffs = attribute_diffs(case.attributes, _attrs(products[case.target]))
-        rows.append(pair_features(image_sim, text_sim, diffs))
+        rows.append(pair_features(image_sim, text_sim, diffs, best_other))
         if progress:
             progress(1)
     return np.stack(rows)

@@ -18,7 +18,8 @@ VERDICTS = ("SAME", "VARIANT", "DIFFERENT")
 ATTRIBUTES = ("size", "material", "colour", "brand")
 FEATURES = (
     "image_sim", "text_sim", "has_image", "size_diff", "material_diff", "colour_diff",
-    "brand_diff", "n_diff",
+    "brand_diff", "n_diff", "image_sim*any_diff", "image_sim*n_diff", "image_sim^2",
+    "image_margin",
 )
 
 
@@ -39,16 +40,25 @@ def attribute_diffs(listing: dict[str, str], catalog: dict[str, str]) -> list[At
     return diffs
 
 
-def pair_features(image_sim: float | None, text_sim: float, diffs: list[AttributeDiff]
-                  ) -> np.ndarray:
+def pair_features(image_sim: float | None, text_sim: float, diffs: list[AttributeDiff],
+                  best_other_image_sim: float | None = None) -> np.ndarray:
+    """`best_other_image_sim`: how well the listing's photo matches the best OTHER catalog
+    candidate; a photo matching another item better is rarely this one."""
     names = {d.field for d in diffs}
+    image = image_sim if image_sim is not None else 0.0
+    # The interactions let a linear model say "VARIANT = the same look AND an attribute
+    # differs": attribute differences alone must not outvote a photo that does not match.
     return np.array(
         [
-            image_sim if image_sim is not None else 0.0,
+            image,
             text_sim,
             0.0 if image_sim is None else 1.0,
             *(1.0 if a in names else 0.0 for a in ATTRIBUTES),
             float(len(diffs)),
+            image * (1.0 if diffs else 0.0),
+            image * len(diffs),
+            image * image,
+            image - best_other_image_sim if best_other_image_sim is not None else 0.0,
         ],
         dtype=np.float32,
     )
@@ -75,7 +85,7 @@ class MatchCalibration:
 
     @classmethod
     def fit(cls, features: np.ndarray, labels: np.ndarray, model_version: str,
-            l2: float = 1e-3) -> MatchCalibration:
+            l2: float = 1e-2) -> MatchCalibration:
         mean = features.mean(axis=0)
         scale = features.std(axis=0) + 1e-6
         x = torch.tensor((features - mean) / scale, dtype=torch.float64)

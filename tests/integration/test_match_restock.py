@@ -22,7 +22,7 @@ from tests.integration.conftest import Running
 @pytest.fixture(scope="module")
 def calibrated(running: Running) -> Running:
     report = calibrate_matching(running.app.settings, running.app.catalog, running.app.encoder,
-                                limit=60)
+                                limit=80)
     assert Path(str(report["calibration_file"])).is_file()
     return running
 
@@ -85,7 +85,9 @@ def test_unrelated_item_is_different(calibrated: Running) -> None:
         images=[pb.ProductImage(content=photo_of(outsider, seed=1))],
     )
     assert response.candidates
-    assert all(c.verdict == pb.DIFFERENT for c in response.candidates)
+    verdicts = [(c.product.sku, pb.Verdict.Name(c.verdict), round(c.probability, 2),
+                 round(c.similarity, 2)) for c in response.candidates]
+    assert all(c.verdict == pb.DIFFERENT for c in response.candidates), verdicts
 
 
 def test_match_rejects_empty_listing(calibrated: Running) -> None:
