@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,7 +59,17 @@ def test_metrics_endpoint_reports_real_calls(running: Running, endpoint: str) ->
     with pytest.raises(grpc.RpcError) as bad:
         running.search.Search(pb.SearchRequest(text="x", top_k=1000), timeout=30)
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    after = scrape(endpoint)
+    # A call is counted when the server finishes it, which can be just after the client has
+    # its answer (an aborted call especially): wait briefly for the last one to land.
+    deadline = time.monotonic() + 5
+    while True:
+        after = scrape(endpoint)
+        counted = value(after, "prodsearch_rpc_requests_total", method=SEARCH,
+                        code="INVALID_ARGUMENT") - value(
+            before, "prodsearch_rpc_requests_total", method=SEARCH, code="INVALID_ARGUMENT")
+        if counted >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
 
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
