@@ -105,7 +105,6 @@ class Settings(BaseSettings):
     collection: str = "products"
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(50051, ge=0, le=65535)
-    grpc_workers: int = Field(8, ge=1)
     shutdown_grace_s: float = Field(5.0, ge=0)
     indexer_poll_ms: int = Field(200, ge=10)
     indexer_batch: int = Field(64, ge=1)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
@@ -30,6 +29,7 @@ from backend import errors
 from backend.transport.grpc.errors import status_for
 from backend.transport.grpc.generated.product_search.v1 import encoder_pb2 as pb
 from backend.transport.grpc.generated.product_search.v1 import encoder_pb2_grpc as rpc
+from backend.transport.grpc.signals import until_signalled
 from encoders.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image
 from encoders.worker import EncoderWorker
 
@@ -266,9 +266,5 @@ class EncoderServer:
 async def serve_worker(server: EncoderServer) -> None:
     """Run until SIGINT/SIGTERM, then stop gracefully."""
     await server.start()
-    loop = asyncio.get_running_loop()
-    done = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, done.set)
-    await done.wait()
+    await until_signalled()
     await server.stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from typing import Any
 
 import grpc
@@ -21,6 +20,7 @@ from backend.transport.grpc import interceptors
 from backend.transport.grpc.generated.product_search.v1 import product_search_pb2 as pb
 from backend.transport.grpc.generated.product_search.v1 import product_search_pb2_grpc as rpc
 from backend.transport.grpc.servicers import CatalogServicer, ProductSearchServicer
+from backend.transport.grpc.signals import until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +154,7 @@ def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
 async def serve_forever(app: App) -> None:
     server = Server(app)
     await server.start()
-    loop = asyncio.get_running_loop()
-    done = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, done.set)
-    await done.wait()
+    await until_signalled()
     log.info("shutting down (grace %.1f s)", app.settings.shutdown_grace_s)
     await server.stop()
 
