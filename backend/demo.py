@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import io
 import random
 import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image, ImageFilter
+from PIL import Image
 from tqdm import tqdm
 
 from backend.app import App, build_app
@@ -21,27 +20,15 @@ from backend.domain.match_model import calibration_path
 from backend.match_job import calibrate_matching
 from backend.transport.grpc import client
 from backend.transport.grpc.server import BackgroundServer
-from encoders.evaluation.photos import EASY, photo_jpeg, render_shelf
+from encoders.evaluation.photos import EASY, photo_jpeg, render_photo, render_shelf
 
 
 def photo_of(image_path: Path, seed: int = 3) -> bytes:
     """A phone-photo-like JPEG of a catalog image: the item fills most of the frame, slightly
-    rotated and off-centre on a tinted, lightly textured surface, a little blurred."""
-    rng = random.Random(seed)
-    item = Image.open(image_path).convert("RGBA")
-    item.thumbnail((230, 230))
-    item = item.rotate(rng.uniform(-10, 10), expand=True, resample=Image.Resampling.BICUBIC)
-    size = 300
-    tint = Image.new("RGB", (size, size), tuple(rng.randrange(150, 235) for _ in range(3)))
-    texture = Image.effect_noise((size, size), 24).convert("RGB")
-    background = Image.blend(tint, texture, 0.15)
-    x = rng.randrange(0, max(1, size - item.width))
-    y = rng.randrange(0, max(1, size - item.height))
-    background.paste(item, (x, y), item)
-    background = background.filter(ImageFilter.GaussianBlur(0.6))
-    out = io.BytesIO()
-    background.save(out, format="JPEG", quality=80)
-    return out.getvalue()
+    rotated and off-centre on a tinted, lightly textured surface (the EASY rendering)."""
+    with Image.open(image_path) as item:
+        photo, _ = render_photo(item, random.Random(seed), EASY)
+    return photo_jpeg(photo)
 
 
 def prepare(settings: Settings, products: int) -> tuple[App, list[dict[str, object]]]:
