@@ -80,7 +80,11 @@ def _perspective_coeffs(src: Sequence[tuple[float, float]], w: int, h: int) -> t
 
 def _background(size: int, style: PhotoStyle, rng: random.Random) -> Image.Image:
     tint = Image.new("RGB", (size, size), tuple(rng.randrange(90, 235) for _ in range(3)))
-    noise = Image.effect_noise((size, size), rng.uniform(20, 60)).convert("RGB")
+    # Grey Gaussian noise around 128, as Image.effect_noise makes, but drawn from `rng`:
+    # effect_noise uses the C library's generator, so photos would differ run to run.
+    sigma = rng.uniform(20, 60)
+    grain = np.random.default_rng(rng.getrandbits(64)).normal(128.0, sigma, (size, size))
+    noise = Image.fromarray(np.clip(grain, 0, 255).astype(np.uint8)).convert("RGB")
     noise = noise.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 2.0)))
     background = Image.blend(tint, noise, style.texture)
     # A soft light gradient, as from a window or a shelf lamp.
@@ -105,19 +109,30 @@ def _finish(photo: Image.Image, style: PhotoStyle, rng: random.Random) -> Image.
     return Image.open(out).convert("RGB")
 
 
-def render_photo(
+@dataclass(frozen=True)
+class Scene:
+    """A rendered photo, the item's box in it, and which distractors were pasted into it
+    (indices into the `distractors` given; they may be partly hidden or cut by the frame)."""
+
+    photo: Image.Image
+    box: Box
+    pasted: tuple[int, ...]
+
+
+def render_scene(
     item: Image.Image,
     rng: random.Random,
     style: PhotoStyle = EASY,
     distractors: Sequence[Image.Image] = (),
-) -> tuple[Image.Image, Box]:
-    """A photo of one catalog item; returns the photo and the item's box in it.
-    `distractors` are other catalog images that may appear around (and under) the item."""
+) -> Scene:
+    """A photo of one catalog item. `distractors` are other catalog images that may appear
+    around (and under) the item."""
     size = style.canvas
     photo = _background(size, style, rng)
     low, high = style.distractors
-    for other in rng.sample(list(distractors), min(len(distractors), rng.randint(low, high))):
-        layer = _item_layer(other, int(size * rng.uniform(0.25, 0.5)), style, rng)
+    chosen = rng.sample(range(len(distractors)), min(len(distractors), rng.randint(low, high)))
+    for index in chosen:
+        layer = _item_layer(distractors[index], int(size * rng.uniform(0.25, 0.5)), style, rng)
         photo.paste(layer, (rng.randrange(-layer.width // 3, size - layer.width // 2),
                             rng.randrange(-layer.height // 3, size - layer.height // 2)), layer)
     layer = _item_layer(item, int(size * rng.uniform(*style.item_scale)), style, rng)
@@ -125,7 +140,18 @@ def render_photo(
     y = rng.randrange(0, max(1, size - layer.height))
     photo.paste(layer, (x, y), layer)
     box = (x, y, min(size, x + layer.width), min(size, y + layer.height))
-    return _finish(photo, style, rng), box
+    return Scene(_finish(photo, style, rng), box, tuple(chosen))
+
+
+def render_photo(
+    item: Image.Image,
+    rng: random.Random,
+    style: PhotoStyle = EASY,
+    distractors: Sequence[Image.Image] = (),
+) -> tuple[Image.Image, Box]:
+    """A photo of one catalog item and the item's box in it (see `render_scene`)."""
+    scene = render_scene(item, rng, style, distractors)
+    return scene.photo, scene.box
 
 
 def render_shelf(
