@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from encoders.evaluation.datasets import (
     split_of,
     subsample,
 )
-from encoders.evaluation.photos import SHELF, PhotoStyle, render_photo
+from encoders.evaluation.photos import SHELF, PhotoStyle, render_scene
 from encoders.evaluation.variants import (
     IMAGE_VARIANTS,
     Context,
@@ -146,8 +147,15 @@ def _eval_queries(gallery: Sequence[ClipartItem], n: int | None, seed: int) -> l
     return eval_idx
 
 
+@dataclass(frozen=True)
+class ShelfQuery:
+    photo: Image.Image
+    box: tuple[int, int, int, int]  # the item's true box in the photo
+    in_photo: frozenset[int]  # gallery indices of the item and the distractors pasted
+
+
 def render_query(gallery: Sequence[ClipartItem], index: int, seed: int,
-                 style: PhotoStyle = SHELF, pool: int = 8) -> Image.Image:
+                 style: PhotoStyle = SHELF, pool: int = 8) -> ShelfQuery:
     """The evaluation photo of gallery item `index`, among distractors drawn from the other
     gallery items; deterministic for (item, seed)."""
     item = gallery[index]
@@ -155,15 +163,22 @@ def render_query(gallery: Sequence[ClipartItem], index: int, seed: int,
     others = [j for j in rng.sample(range(len(gallery)), min(len(gallery), pool + 1))
               if j != index][:pool]
     distractors = [_item_rgba(str(gallery[j].path)) for j in others]
-    photo, _ = render_photo(_item_rgba(str(item.path)), rng, style, distractors=distractors)
-    return photo
+    scene = render_scene(_item_rgba(str(item.path)), rng, style, distractors=distractors)
+    return ShelfQuery(scene.photo, scene.box,
+                      frozenset([index, *(others[k] for k in scene.pasted)]))
 
 
-def _shelf_metrics(scores: np.ndarray, targets: np.ndarray) -> tuple[dict[str, Any], dict]:
+def _shelf_metrics(scores: np.ndarray, targets: np.ndarray,
+                   in_photo: Sequence[frozenset[int]]) -> tuple[dict[str, Any], dict]:
     relevant = np.zeros(scores.shape, dtype=bool)
     relevant[np.arange(len(targets)), targets] = True
     ranked = _ranked(scores, relevant)
     summary = metrics.summarize(ranked, recall_ks=(1, 5, 10), mrr=True)
+    # The distractors are catalog items too: a top hit on one of them finds a product that
+    # IS in the photo, just not the one the query was made for.
+    top = scores.argmax(axis=1)
+    summary["in_photo@1"] = round(float(np.mean(
+        [int(t) in present for t, present in zip(top, in_photo, strict=True)])), 4)
     return summary, _curve(ranked)
 
 
@@ -175,8 +190,11 @@ def shelf(ctx: Context, *, limit: int | None = None, queries: int | None = 500,
     gallery = _openclipart_gallery(limit, seed)
     q_index = np.array(_eval_queries(gallery, queries, seed), dtype=np.int64)
     ids = [it.item_id for it in gallery]
-    photos = [render_query(gallery, int(i), seed)
+    scenes = [render_query(gallery, int(i), seed)
               for i in tqdm(q_index, desc="render photos", unit="photo", leave=False)]
+    photos = [s.photo for s in scenes]
+    present = [s.in_photo for s in scenes]
+    true_boxes = [s.photo.crop(s.box) for s in scenes]
     n_crop = len(photos) if crop_queries is None else min(crop_queries, len(photos))
     views = [query_views(p) for p in photos]
     flat_views = [v for vs in views for v in vs]
@@ -200,7 +218,8 @@ def shelf(ctx: Context, *, limit: int | None = None, queries: int | None = 500,
         t = Timer()
         q = batched(functools.partial(variant.embed, ctx), photos, f"{variant.name} whole")
         whole_scores = q @ g.T
-        out["whole"], curves[f"{variant.name} whole"] = _shelf_metrics(whole_scores, q_index)
+        out["whole"], curves[f"{variant.name} whole"] = _shelf_metrics(
+            whole_scores, q_index, present)
         out["whole"]["seconds"] = t.seconds()
 
         t = Timer()
@@ -208,8 +227,16 @@ def shelf(ctx: Context, *, limit: int | None = None, queries: int | None = 500,
                     f"{variant.name} views")
         view_scores = np.full((len(photos), len(gallery)), -np.inf, dtype=np.float32)
         np.maximum.at(view_scores, owner, v @ g.T)
-        out["views"], curves[f"{variant.name} views"] = _shelf_metrics(view_scores, q_index)
+        out["views"], curves[f"{variant.name} views"] = _shelf_metrics(
+            view_scores, q_index, present)
         out["views"]["seconds"] = t.seconds()
+
+        t = Timer()
+        b = batched(functools.partial(variant.embed, ctx), true_boxes,
+                    f"{variant.name} true boxes")
+        out["true_box"], curves[f"{variant.name} true_box"] = _shelf_metrics(
+            b @ g.T, q_index, present)
+        out["true_box"]["seconds"] = t.seconds()
 
         if variant.supports_crops and n_crop > 0:
             t = Timer()
@@ -219,10 +246,10 @@ def shelf(ctx: Context, *, limit: int | None = None, queries: int | None = 500,
                                   unit="photo", leave=False)
             ])
             out["crops"], curves[f"{variant.name} crops"] = _shelf_metrics(
-                crop_scores, q_index[:n_crop])
+                crop_scores, q_index[:n_crop], present[:n_crop])
             out["crops"]["queries"] = n_crop
             out["crops"]["whole_on_same_queries"], _ = _shelf_metrics(
-                whole_scores[:n_crop], q_index[:n_crop])
+                whole_scores[:n_crop], q_index[:n_crop], present[:n_crop])
             out["crops"]["seconds"] = t.seconds()
         out["seconds"] = timer.seconds()
         results[variant.name] = out
@@ -240,8 +267,12 @@ def shelf(ctx: Context, *, limit: int | None = None, queries: int | None = 500,
             "views": "max similarity over localise.query_views (photo + isolated item)",
             "crops": "max similarity over the whole photo + multi-scale square crops "
                      "(ProductEncoder.encode_crops), on the first crop_queries queries",
+            "true_box": "one embedding of the item's true box cut from the photo: what "
+                        "perfect localisation would give (an upper bound for the others)",
         },
-        "relevance": "exactly one relevant gallery item: the photographed item",
+        "relevance": "exactly one relevant gallery item: the photographed item; "
+                     "in_photo@1 = share of queries whose top hit is that item or one of "
+                     "the distractors pasted into the photo (also catalog items)",
         "variants": results,
         "skipped": skipped,
         "curves": curves,

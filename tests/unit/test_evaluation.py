@@ -12,6 +12,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from encoders.evaluation import bilingual, datasets, runner
@@ -151,9 +152,28 @@ def test_shelf_task_end_to_end(tmp_path: Path) -> None:
     _check_doc(doc, "shelf", tmp_path)
     assert doc["sizes"]["gallery"] == 30 and 1 <= doc["sizes"]["queries"] <= 4
     backbone = doc["variants"]["backbone"]
-    for strategy in ("whole", "views", "crops"):
-        assert {"recall@1", "recall@5", "recall@10", "MRR"} <= set(backbone[strategy])
+    for strategy in ("whole", "views", "true_box", "crops"):
+        assert {"recall@1", "recall@5", "recall@10", "MRR", "in_photo@1"} <= set(
+            backbone[strategy])
+        # Finding the item itself is one way of finding an item that is in the photo.
+        assert backbone[strategy]["in_photo@1"] >= backbone[strategy]["recall@1"]
     assert backbone["crops"]["queries"] == 1
+
+
+@needs_clipart
+def test_shelf_query_knows_what_is_in_the_photo() -> None:
+    from encoders.evaluation import tasks
+
+    gallery = tasks._openclipart_gallery(40, 0)
+    index = tasks._eval_queries(gallery, 1, 0)[0]
+    query = tasks.render_query(gallery, index, seed=0)
+    again = tasks.render_query(gallery, index, seed=0)
+    assert index in query.in_photo and query.in_photo == again.in_photo
+    assert np.array_equal(np.asarray(query.photo), np.asarray(again.photo))
+    left, top, right, bottom = query.box
+    assert 0 <= left < right <= query.photo.width and 0 <= top < bottom <= query.photo.height
+    # The distractors named are exactly the ones pasted: 2 to 5 for the shelf style.
+    assert 3 <= len(query.in_photo) <= 6
 
 
 @needs_clipart
