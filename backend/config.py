@@ -23,7 +23,8 @@ from backend.errors import ConfigError
 class EncoderSettings(BaseModel):
     image_model: Literal["efficientnet_lite0"] = "efficientnet_lite0"
     # "multilingual" (USE multilingual v3: Chinese + English) or "minilm" (English only);
-    # "lstm" needs a fusion_checkpoint trained with `prodsearch train --text-model lstm`.
+    # "lstm" needs a fusion checkpoint trained with it: "shipped" (fusion-lstm.pt) or a path
+    # from `prodsearch train --text-model lstm`.
     text_model: Literal["multilingual", "minilm", "lstm"] = "multilingual"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_batch_size: int = Field(32, ge=1, le=1024)

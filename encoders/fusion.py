@@ -43,6 +43,7 @@ from encoders.base import EncoderModel, l2_normalize
 __all__ = [
     "CHECKPOINT_FORMAT",
     "DEFAULT_CHECKPOINT",
+    "SHIPPED_CHECKPOINTS",
     "FusionConfig",
     "FusionEncoder",
     "FusionInput",
@@ -54,7 +55,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "fusion-default.pt"
+_CHECKPOINTS = Path(__file__).parent / "checkpoints"
+DEFAULT_CHECKPOINT = _CHECKPOINTS / "fusion-default.pt"
+# The checkpoint that ships for each text model (see checkpoints/README.md).
+SHIPPED_CHECKPOINTS = {
+    "multilingual": DEFAULT_CHECKPOINT,
+    "lstm": _CHECKPOINTS / "fusion-lstm.pt",
+}
 
 MODES = ("image", "text", "fused")
 

@@ -93,9 +93,9 @@ class LSTMTextEncoder(TextEncoder):
 
     def __init__(self, device: str = "auto", checkpoint: str | Path | None = None) -> None:
         super().__init__(device)
-        from encoders.fusion import DEFAULT_CHECKPOINT, load_checkpoint
+        from encoders.fusion import SHIPPED_CHECKPOINTS, load_checkpoint
 
-        path = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
+        path = Path(checkpoint) if checkpoint else SHIPPED_CHECKPOINTS["lstm"]
         if not path.exists():
             raise ValueError(
                 "the LSTM text encoder has no pretrained weights: train them with "

@@ -7,7 +7,8 @@ projection heads put image-only, text-only and image+text inputs in ONE space. C
 vectors up by name and read the names from `dims`.
 
 `fusion_checkpoint`: "none" (default) = no fusion, "" = the checkpoint shipped in
-`encoders/checkpoints/` (when it was trained for this text model), a path = that checkpoint,
+`encoders/checkpoints/` for this text model (multilingual: fusion-default.pt, lstm:
+fusion-lstm.pt; other text models have none), a path = that checkpoint,
 None = a freshly initialised (untrained) fusion model, for comparisons.
 """
 
@@ -24,6 +25,7 @@ from PIL.Image import Image
 from encoders.base import l2_normalize
 from encoders.fusion import (
     DEFAULT_CHECKPOINT,
+    SHIPPED_CHECKPOINTS,
     FusionConfig,
     FusionEncoder,
     FusionInput,
@@ -106,7 +108,8 @@ class ProductEncoder:
         if checkpoint.strip().lower() == "none":
             return None
         shipped = checkpoint == ""
-        path = DEFAULT_CHECKPOINT if shipped else Path(checkpoint).expanduser()
+        path = (SHIPPED_CHECKPOINTS.get(text_model, DEFAULT_CHECKPOINT) if shipped
+                else Path(checkpoint).expanduser())
         if shipped and not path.exists():
             log.warning("no fusion checkpoint shipped at %s: no fused vector", path)
             return None

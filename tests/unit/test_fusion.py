@@ -189,3 +189,22 @@ def test_shipped_checkpoint_loads() -> None:
     out = enc.encode([FusionInput(torch.zeros(49, 1280) + 0.1), FusionInput(None,
                                                                          torch.ones(1, 512))])
     assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+def test_shipped_lstm_checkpoint_serves_the_lstm_text_model() -> None:
+    from encoders.fusion import SHIPPED_CHECKPOINTS
+    from encoders.model import ProductEncoder
+
+    path = SHIPPED_CHECKPOINTS["lstm"]
+    assert path.exists() and path.stat().st_size < 8 * 2**20
+    enc = ProductEncoder(text_model="lstm", device="cpu", fusion_checkpoint="")
+    assert enc.fusion is not None and enc.fusion.config.text_model == "lstm"
+    assert "lstm" in enc.model_version and "fused" in enc.dims
+    enc.load()
+    texts = enc.encode_texts(["red bird", "blue car", "red bird"])
+    assert np.allclose(np.linalg.norm(texts, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(texts[0], texts[2]) and not np.allclose(texts[0], texts[1])
+    # The stand-alone LSTM encoder reads the same shipped weights by default.
+    alone = LSTMTextEncoder(device="cpu")
+    alone.load()
+    assert np.allclose(alone.encode(["red bird"])[0], texts[0], atol=1e-5)
