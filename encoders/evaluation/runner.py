@@ -29,16 +29,26 @@ DEFAULT_OUT = Path("eval_out")
 
 
 def plot_curves(result: dict[str, Any], path: Path) -> Path:
-    """Recall@K against K (log scale), one line per curve in result["curves"]."""
+    """Recall@K against K (log scale), one line per curve in result["curves"]: a colour per
+    variant (the label's first word), a line style per strategy or query set (the rest)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    labels = list(result["curves"])
+    variants = list(dict.fromkeys(label.split(" ", 1)[0] for label in labels))
+    kinds = list(dict.fromkeys(label.partition(" ")[2] for label in labels))
+    colours = plt.get_cmap("tab10")
+    styles = ["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 1)), (0, (3, 1, 1, 1))]
+    markers = ["o", "s", "^", "D", "v", "x", "*"]
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     for label, curve in result["curves"].items():
-        ks = [int(k) for k in curve]
-        ax.plot(ks, list(curve.values()), marker="o", markersize=3, label=label)
+        variant, _, kind = label.partition(" ")
+        v, k = variants.index(variant), kinds.index(kind)
+        ks = [int(x) for x in curve]
+        ax.plot(ks, list(curve.values()), color=colours(v % 10), linestyle=styles[k % 7],
+                marker=markers[k % 7], markersize=3, label=label)
     ax.set_xscale("log")
     ax.set_xlabel("K")
     ax.set_ylabel("Recall@K")
@@ -47,7 +57,7 @@ def plot_curves(result: dict[str, Any], path: Path) -> Path:
     sizes = ", ".join(f"{k}={v}" for k, v in result.get("sizes", {}).items())
     ax.set_title(f"{result['task']} ({sizes})", fontsize=9)
     if result["curves"]:
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
