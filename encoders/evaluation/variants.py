@@ -238,6 +238,8 @@ class Backbone(ImageVariant):
 
 
 class Fused(ImageVariant):
+    supports_crops = True
+
     def __init__(self, name: str) -> None:
         self.name = name
 
@@ -271,6 +273,13 @@ class Fused(ImageVariant):
 
     def embed_texts(self, ctx: Context, texts: Sequence[str]) -> np.ndarray:
         return self._fused(ctx, [None] * len(texts), texts)
+
+    def embed_crops(self, ctx: Context, image: Image.Image) -> np.ndarray:
+        """Image-only fused vectors of the whole photo and the backbone's crop windows."""
+        from encoders.image import crop_boxes
+
+        rgb = to_rgb(image) if image.mode != "RGB" else image
+        return self.embed(ctx, [rgb, *(rgb.crop(box) for box in crop_boxes(*rgb.size)[1:])])
 
 
 IMAGE_VARIANTS: dict[str, ImageVariant] = {
