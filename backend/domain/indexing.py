@@ -1,9 +1,19 @@
-"""The indexer drains the catalog outbox: encode -> upsert (idempotent point ids) -> mark done.
-A crash anywhere loses nothing: undone rows are claimed again by the next drain."""
+"""The indexer drains the catalog outbox: encode -> upsert (idempotent point ids) -> verify ->
+mark done. A crash anywhere loses nothing: undone rows are claimed again by the next drain.
+
+Rows are coalesced per product, and the product's *current* SQL state is what gets written
+(rows only say which products changed and how much): a product that is gone is deleted; one
+with any 'upsert' or 'delete' row in the batch (a re-created product) is encoded again; one
+with only 'payload' rows gets a payload patch. A row is marked done only once the product's
+points, read back after the write, agree with the product as SQL has it then; otherwise it
+stays pending and the next pass redoes it (so `indexed_version` never counts a change the
+index does not show).
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,11 +21,13 @@ from PIL.Image import Image
 
 from backend.domain.payload import mutable_payload, product_payload
 from backend.domain.ports import VectorEncoder
+from backend.domain.reconcile import compare_product
 from backend.domain.types import Product
 from backend.stores.catalog.repository import CatalogRepository, OutboxItem
 from backend.stores.vectors.base import (
     CollectionSpec,
     PayloadPatch,
+    PointPayload,
     VectorPoint,
     VectorStore,
     point_id,
@@ -23,6 +35,9 @@ from backend.stores.vectors.base import (
 from encoders.preprocess import ImageDecodeError, load_image_file
 
 log = logging.getLogger(__name__)
+
+# What a batch must do for one product, strongest first.
+ENCODE, DELETE, PAYLOAD = "encode", "delete", "payload"
 
 
 @dataclass
@@ -33,11 +48,30 @@ class DrainStats:
     payload_updates: int = 0
     image_errors: int = 0
     rows: int = 0
+    done: int = 0  # rows marked done (the others stay pending: not verified)
+    unverified_products: int = 0
 
 
 def collection_spec(name: str, encoder: VectorEncoder, shards: int = 1, replicas: int = 1
                     ) -> CollectionSpec:
     return CollectionSpec(name=name, vectors=dict(encoder.dims), shards=shards, replicas=replicas)
+
+
+def plan(items: list[OutboxItem], live: set[str]) -> dict[str, str]:
+    """product id -> ENCODE, DELETE or PAYLOAD for a batch of outbox rows (any order), given
+    which products are live in SQL now. A payload row never hides an earlier upsert."""
+    ops: dict[str, set[str]] = {}
+    for item in items:
+        ops.setdefault(item.product_id, set()).add(item.op)
+    actions = {}
+    for product_id, seen in ops.items():
+        if product_id not in live:
+            actions[product_id] = DELETE
+        elif seen <= {"payload"}:
+            actions[product_id] = PAYLOAD
+        else:  # an upsert, or a delete before the product came back: new content
+            actions[product_id] = ENCODE
+    return actions
 
 
 class Indexer:
@@ -48,24 +82,28 @@ class Indexer:
         encoder: VectorEncoder,
         collection: str,
         max_image_pixels: int = 40_000_000,
+        flush_interval_s: float = 0.0,
     ) -> None:
         self._catalog = catalog
         self._vectors = vectors
         self._encoder = encoder
         self._collection = collection
         self._max_image_pixels = max_image_pixels
+        self._flush_interval_s = flush_interval_s
+        self._last_flush = time.monotonic()
 
     def drain(self, batch: int = 64, progress: Callable[[int], object] | None = None) -> DrainStats:
-        """Process outbox rows until none are pending. Returns what was done."""
+        """Process outbox rows until none are pending, or until a pass verifies nothing
+        (those rows stay pending for a later drain). Returns what was done."""
         total = DrainStats()
         while True:
             stats = self.drain_once(batch)
-            if stats.rows == 0:
-                return total
             for name in total.__dataclass_fields__:
                 setattr(total, name, getattr(total, name) + getattr(stats, name))
+            if stats.rows == 0 or stats.done == 0:
+                return total
             if progress:
-                progress(stats.rows)
+                progress(stats.done)
 
     def drain_once(self, batch: int = 64) -> DrainStats:
         items = self._catalog.claim_outbox(batch)
@@ -73,29 +111,70 @@ class Indexer:
         if not items:
             return stats
         collection = self._vectors.resolve(self._collection)
-        # Rows are in id order, so the last op per product is its current state.
-        last: dict[str, OutboxItem] = {}
-        for item in items:
-            last[item.product_id] = item
-        products = self._catalog.get_products(list(last))
-        gone = [pid for pid in last if pid not in products]
+        wanted = list(dict.fromkeys(item.product_id for item in items))
+        products = self._catalog.get_products(wanted)
+        actions = plan(items, set(products))
+        written = self._apply(collection, actions, products, stats)
+
+        # Read back: SQL as it is now against the points as they are now.
+        verified = self._verified(collection, wanted, written)
+        retry = [pid for pid in wanted if pid not in verified and actions[pid] == PAYLOAD]
+        if retry:
+            # A payload patch cannot add points that were never written: encode those.
+            written = self._apply(collection, dict.fromkeys(retry, ENCODE),
+                                  self._catalog.get_products(retry), stats)
+            verified |= self._verified(collection, retry, written)
+        stats.unverified_products = len(wanted) - len(verified)
+        if stats.unverified_products:
+            log.warning("indexer: %d of %d products do not match SQL after writing; their "
+                        "outbox rows stay pending", stats.unverified_products, len(wanted))
+        self._flush_if_due(collection)
+        stats.done = self._catalog.mark_done(
+            [item.id for item in items if item.product_id in verified])
+        return stats
+
+    def _apply(self, collection: str, actions: dict[str, str], products: dict[str, Product],
+               stats: DrainStats) -> dict[str, set[str]]:
+        """Write what `actions` say; returns product id -> point ids written by encoding."""
+        gone = [pid for pid, action in actions.items()
+                if action == DELETE or pid not in products]
+        encode = [products[pid] for pid, action in actions.items()
+                  if action == ENCODE and pid in products]
+        patch = [products[pid] for pid, action in actions.items()
+                 if action == PAYLOAD and pid in products]
         if gone:
             self._vectors.delete_products(collection, gone)
-            stats.deleted_products = len(gone)
-        needs_vectors = [products[pid] for pid, it in last.items()
-                         if pid in products and it.op == "upsert"]
-        payload_only = [products[pid] for pid, it in last.items()
-                        if pid in products and it.op == "payload"]
-        if needs_vectors:
-            self._index_products(collection, needs_vectors, stats)
-        if payload_only:
+            stats.deleted_products += len(gone)
+        written: dict[str, set[str]] = {}
+        if encode:
+            written = self._index_products(collection, encode, stats)
+        if patch:
             self._vectors.set_payload(
-                collection,
-                [PayloadPatch(p.product_id, mutable_payload(p)) for p in payload_only],
-            )
-            stats.payload_updates = len(payload_only)
-        self._catalog.mark_done([item.id for item in items])
-        return stats
+                collection, [PayloadPatch(p.product_id, mutable_payload(p)) for p in patch])
+            stats.payload_updates += len(patch)
+        return written
+
+    def _verified(self, collection: str, product_ids: list[str],
+                  written: dict[str, set[str]]) -> set[str]:
+        """The products whose points agree with SQL as it is now (and still include every
+        point just written for them)."""
+        current = self._catalog.get_products(product_ids)
+        points: dict[str, list[tuple[str, PointPayload]]] = {}
+        for pid, payload in self._vectors.product_payloads(collection, product_ids):
+            points.setdefault(payload.product_id, []).append((pid, payload))
+        version = self._encoder.model_version
+        return {pid for pid in product_ids
+                if compare_product(current.get(pid), points.get(pid, []), version).clean
+                and written.get(pid, set()) <= {point for point, _ in points.get(pid, [])}}
+
+    def _flush_if_due(self, collection: str) -> None:
+        """Bound how much a lost machine (not just a killed process) can take back."""
+        if self._flush_interval_s <= 0:
+            return
+        now = time.monotonic()
+        if now - self._last_flush >= self._flush_interval_s:
+            self._vectors.flush(collection)
+            self._last_flush = now
 
     def index_products(self, collection: str, products: list[Product]) -> DrainStats:
         """Encode and upsert products into a given collection (used by reindex)."""
@@ -104,7 +183,8 @@ class Indexer:
         return stats
 
     def _index_products(self, collection: str, products: list[Product], stats: DrainStats
-                        ) -> None:
+                        ) -> dict[str, set[str]]:
+        """Encode and upsert; returns product id -> the point ids written."""
         version = self._encoder.model_version
         images: list[Image | None] = []
         texts: list[str | None] = []
@@ -139,23 +219,19 @@ class Indexer:
             for (product, position), vectors in zip(owners, encoded, strict=True)
         ]
         self._vectors.upsert(collection, points)
-        self._delete_stale_points(collection, owners, version)
+        written: dict[str, set[str]] = {}
+        for point in points:
+            written.setdefault(point.payload.product_id, set()).add(point.id)
+        self._delete_stale_points(collection, written)
         stats.upserted_products += len(products)
         stats.upserted_points += len(points)
+        return written
 
-    def _delete_stale_points(
-        self, collection: str, owners: list[tuple[Product, int]], version: str
-    ) -> None:
-        """Remove points of images a product no longer has (after the new ones are in, so the
-        product never disappears from search)."""
-        current: dict[str, set[int]] = {}
-        for product, position in owners:
-            current.setdefault(product.product_id, set()).add(position)
-        stale: list[str] = []
-        for product_id, positions in current.items():
-            name = "text"
-            for position, _ in self._vectors.get_vectors(collection, product_id, name):
-                if position not in positions:
-                    stale.append(point_id(product_id, position, version))
+    def _delete_stale_points(self, collection: str, written: dict[str, set[str]]) -> None:
+        """Remove every other point of these products: images they no longer have, a
+        text-only point, another model version's (after the new ones are in, so the product
+        never disappears from search)."""
+        stale = [pid for pid, payload in self._vectors.product_payloads(collection, list(written))
+                 if pid not in written.get(payload.product_id, ())]
         if stale:
             self._vectors.delete_points(collection, stale)

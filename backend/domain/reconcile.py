@@ -43,6 +43,15 @@ class ReconcileReport:
                 f"{self.differences} differences")
 
 
+def add_diff(report: ReconcileReport, product_id: str, diff: ProductDiff) -> None:
+    if diff.missing:
+        report.missing.append(product_id)
+    report.stale += diff.stale
+    report.orphans += diff.orphans
+    if diff.drift:
+        report.drift.append(product_id)
+
+
 def _comparable(payload: PointPayload) -> dict[str, object]:
     data = payload.to_dict()
     for name in IDENTITY_FIELDS:
@@ -50,6 +59,50 @@ def _comparable(payload: PointPayload) -> dict[str, object]:
     if isinstance(data.get("price"), float):
         data["price"] = round(float(data["price"]), 4)  # type: ignore[arg-type]
     return data
+
+
+@dataclass
+class ProductDiff:
+    """How one product's points differ from the product in SQL (None: deleted or unknown)."""
+
+    missing: bool = False  # live, but no point of the current model version
+    stale: list[str] = field(default_factory=list)  # point ids of another model version
+    orphans: list[str] = field(default_factory=list)  # point ids it should not have
+    drift: bool = False  # a payload disagrees with SQL
+
+    @property
+    def clean(self) -> bool:
+        return not (self.missing or self.stale or self.orphans or self.drift)
+
+
+def compare_product(product: Product | None, points: list[tuple[str, PointPayload]],
+                    model_version: str) -> ProductDiff:
+    """Compare one product with its points (the rules in the module docstring)."""
+    diff = ProductDiff()
+    if product is None:
+        diff.orphans = [pid for pid, _ in points]
+        return diff
+    own = []
+    for pid, payload in points:
+        if payload.model_version != model_version:
+            diff.stale.append(pid)
+        else:
+            own.append((pid, payload))
+    if not own:
+        diff.missing = True
+        return diff
+    positions = {ref.position for ref in product.images}
+    has_image_point = any(p.position in positions for _, p in own)
+    for pid, payload in own:
+        if payload.position == -1 and not has_image_point:
+            pass  # text-only point: no image, or none readable
+        elif payload.position not in positions:
+            diff.orphans.append(pid)
+            continue
+        expected = product_payload(product, payload.position, model_version)
+        if _comparable(payload) != _comparable(expected):
+            diff.drift = True
+    return diff
 
 
 class Reconciler:
@@ -72,38 +125,31 @@ class Reconciler:
         report.products, report.points = len(products), len(points)
         report.pending = len(pending)
 
-        current: dict[str, list[tuple[str, PointPayload]]] = {}
+        by_product: dict[str, list[tuple[str, PointPayload]]] = {}
         for pid, payload in points:
-            if payload.product_id in pending:
-                continue
-            if payload.product_id not in products:
-                report.orphans.append(pid)
-            elif payload.model_version != self._version:
-                report.stale.append(pid)
-            else:
-                current.setdefault(payload.product_id, []).append((pid, payload))
+            if payload.product_id not in pending:
+                by_product.setdefault(payload.product_id, []).append((pid, payload))
+        for product_id in sorted(set(by_product) | set(products)):
+            if product_id not in pending:
+                add_diff(report, product_id,
+                         compare_product(products.get(product_id),
+                                         by_product.get(product_id, []), self._version))
+        return report
 
-        for product_id, product in products.items():
-            if product_id in pending:
-                continue
-            own = current.get(product_id, [])
-            if not own:
-                report.missing.append(product_id)
-                continue
-            positions = {ref.position for ref in product.images}
-            has_image_point = any(p.position in positions for _, p in own)
-            drifted = False
-            for pid, payload in own:
-                if payload.position == -1 and not has_image_point:
-                    pass  # text-only point: no image, or none readable
-                elif payload.position not in positions:
-                    report.orphans.append(pid)
-                    continue
-                expected = product_payload(product, payload.position, self._version)
-                if _comparable(payload) != _comparable(expected):
-                    drifted = True
-            if drifted:
-                report.drift.append(product_id)
+    def check_products(self, products: dict[str, Product], product_ids: list[str]
+                       ) -> ReconcileReport:
+        """Check just these products (`products`: the live ones among them, read from SQL):
+        one bounded slice of a full check."""
+        report = ReconcileReport()
+        collection = self._vectors.resolve(self._collection)
+        points = self._vectors.product_payloads(collection, product_ids)
+        by_product: dict[str, list[tuple[str, PointPayload]]] = {}
+        for pid, payload in points:
+            by_product.setdefault(payload.product_id, []).append((pid, payload))
+        report.products, report.points = len(products), len(points)
+        for product_id in product_ids:
+            add_diff(report, product_id, compare_product(
+                products.get(product_id), by_product.get(product_id, []), self._version))
         return report
 
     def fix(self, report: ReconcileReport,

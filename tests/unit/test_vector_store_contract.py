@@ -231,6 +231,31 @@ def test_count_and_scroll_payloads(backend: Backend) -> None:
     assert scrolled == {p.id: p.payload for p in CATALOG.points}
 
 
+def test_product_payloads_and_paged_scroll(backend: Backend, fresh: str) -> None:
+    store = backend.store
+    wanted = [CATALOG.points[0].payload.product_id, CATALOG.points[-1].payload.product_id]
+    got = dict(store.product_payloads(backend.catalog, [*wanted, "no-such-product"]))
+    assert got == {p.id: p.payload for p in CATALOG.points if p.payload.product_id in wanted}
+    assert store.product_payloads(backend.catalog, []) == []
+    # Pages in a fixed order that cover every point once.
+    seen: list[str] = []
+    offset: str | None = None
+    pages = 0
+    while True:
+        page, offset = store.scroll_page(backend.catalog, offset, 7)
+        assert len(page) <= 7
+        seen += [pid for pid, _ in page]
+        pages += 1
+        if offset is None:
+            break
+    assert sorted(seen) == sorted(p.id for p in CATALOG.points) and len(set(seen)) == len(seen)
+    assert pages >= len(CATALOG.points) // 7
+    assert store.scroll_page(fresh, None, 5) == ([], None)
+    with pytest.raises(InvalidInput):
+        store.scroll_page(backend.catalog, None, 0)
+    store.flush(backend.catalog)
+
+
 # --- search --------------------------------------------------------------------------------
 
 

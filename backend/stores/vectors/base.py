@@ -185,6 +185,20 @@ class VectorStore(Protocol):
     def scroll_payloads(self, collection: str) -> list[tuple[str, PointPayload]]:
         """Every (point id, payload) in the collection, for reconciliation."""
 
+    def product_payloads(self, collection: str, product_ids: list[str]
+                         ) -> list[tuple[str, PointPayload]]:
+        """(point id, payload) of every point of these products (to verify a write)."""
+
+    def scroll_page(self, collection: str, offset: str | None, limit: int
+                    ) -> tuple[list[tuple[str, PointPayload]], str | None]:
+        """Up to `limit` (point id, payload) pairs in point-id order, starting at `offset`
+        (None: the first point), and the offset of the next page (None after the last):
+        a bounded walk over the whole collection."""
+
+    def flush(self, collection: str) -> None:
+        """Make the writes so far durable on disk (the embedded store's segments; a server
+        persists through its own write-ahead log before acknowledging)."""
+
     def delete_points(self, collection: str, point_ids: list[str]) -> None: ...
 
     def build_index(self, collection: str) -> None:

@@ -534,6 +534,32 @@ class EdgeVectorStore:
                 for rec in self._scroll(coll, None, True, False)
             ]
 
+    def product_payloads(self, collection: str, product_ids: list[str]
+                         ) -> list[tuple[str, PointPayload]]:
+        out: list[tuple[str, PointPayload]] = []
+        with self._use(collection) as coll:
+            for start in range(0, len(product_ids), _SCROLL_PAGE):
+                flt = to_edge(products_spec(product_ids[start : start + _SCROLL_PAGE]))
+                out += [(str(rec.id), PointPayload.from_dict(rec.payload or {}))
+                        for rec in self._scroll(coll, flt, True, False)]
+        return out
+
+    def scroll_page(self, collection: str, offset: str | None, limit: int
+                    ) -> tuple[list[tuple[str, PointPayload]], str | None]:
+        self._check_page(limit, 0)
+        with self._use(collection) as coll:
+            records, after = coll.shard.scroll(
+                qe.ScrollRequest(offset=offset, limit=limit, with_payload=True,
+                                 with_vector=False))
+        page = [(str(rec.id), PointPayload.from_dict(rec.payload or {})) for rec in records]
+        return page, None if after is None else str(after)
+
+    def flush(self, collection: str) -> None:
+        # Updates already survive a killed process (the write-ahead log is in the page
+        # cache); a flush also makes them survive losing the machine.
+        with self._use(collection) as coll:
+            coll.shard.flush()
+
     def delete_points(self, collection: str, point_ids: list[str]) -> None:
         if not point_ids:
             return

@@ -430,6 +430,29 @@ class QdrantServerStore:
             for rec in self._scroll(collection, None, True, False)
         ]
 
+    def product_payloads(self, collection: str, product_ids: list[str]
+                         ) -> list[tuple[str, PointPayload]]:
+        out: list[tuple[str, PointPayload]] = []
+        for start in range(0, len(product_ids), _PAGE):
+            flt = to_server(products_spec(product_ids[start : start + _PAGE]))
+            out += [(str(rec.id), PointPayload.from_dict(dict(rec.payload or {})))
+                    for rec in self._scroll(collection, flt, True, False)]
+        return out
+
+    def scroll_page(self, collection: str, offset: str | None, limit: int
+                    ) -> tuple[list[tuple[str, PointPayload]], str | None]:
+        self._check_page(limit, 0)
+        with self._call(collection):
+            records, after = self._client.scroll(
+                collection_name=collection, limit=limit, offset=offset,
+                with_payload=True, with_vectors=False)
+        page = [(str(rec.id), PointPayload.from_dict(dict(rec.payload or {})))
+                for rec in records]
+        return page, None if after is None else str(after)
+
+    def flush(self, collection: str) -> None:
+        """Nothing to do: the server acknowledged every write after its write-ahead log."""
+
     def delete_points(self, collection: str, point_ids: list[str]) -> None:
         for start in range(0, len(point_ids), _PAGE):
             ids: list[models.ExtendedPointId] = list(point_ids[start : start + _PAGE])
