@@ -21,6 +21,7 @@ from backend.domain.reindex import (
 )
 from backend.domain.restock import RestockService
 from backend.domain.search import SearchService
+from backend.domain.selfcheck import SelfCheck
 from backend.stores.catalog import migrate
 from backend.stores.catalog.db import make_engine
 from backend.stores.catalog.repository import CatalogRepository
@@ -97,6 +98,8 @@ class App:
     match: MatchService
     restock: RestockService
     index_wakeup: threading.Event = field(default_factory=threading.Event)
+    # Run by the server's indexer loop between drains (None: no self-check).
+    self_check: SelfCheck | None = None
 
     def ensure_collection(self) -> None:
         ensure_collection(self.vectors, self.settings, self.encoder)
@@ -136,15 +139,16 @@ def build_app(settings: Settings, encoder: VectorEncoder | None = None,
     metrics.instrument_encoder(encoder)
     metrics.watch_outbox(catalog)
     wakeup = threading.Event()
+    indexer = Indexer(catalog, vectors, encoder, settings.collection,
+                      settings.search.max_image_pixels,
+                      flush_interval_s=settings.indexer_flush_interval_s)
     app = App(
         settings=settings,
         engine=engine,
         catalog=catalog,
         vectors=vectors,
         encoder=encoder,
-        indexer=Indexer(
-            catalog, vectors, encoder, settings.collection, settings.search.max_image_pixels
-        ),
+        indexer=indexer,
         search=SearchService(catalog, vectors, encoder, settings.collection, settings.search),
         catalog_service=CatalogService(
             catalog,
@@ -159,6 +163,8 @@ def build_app(settings: Settings, encoder: VectorEncoder | None = None,
                            settings.data_dir),
         restock=RestockService(catalog, vectors, encoder, settings.collection, settings.search),
         index_wakeup=wakeup,
+        self_check=SelfCheck(catalog, vectors, indexer, settings.collection,
+                             encoder.model_version, settings.selfcheck_batch),
     )
     try:
         app.ensure_collection()

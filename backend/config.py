@@ -111,6 +111,20 @@ class Settings(BaseSettings):
     indexer_batch: int = Field(64, ge=1)
     # The outbox has one drainer: with several `serve` replicas, set this false on all but one.
     indexer_enabled: bool = True
+    # Health turns NOT_SERVING (the server's "" status and the Catalog service) when the
+    # indexer has indexed nothing for this many seconds while changes wait (a pass that
+    # fails, hangs or cannot verify its writes), or its loop has died; SERVING again once
+    # it makes progress.
+    indexer_stall_s: float = Field(120.0, ge=1)
+    # The embedded store is flushed to disk at most this often, before outbox rows are
+    # marked done (a killed process loses nothing anyway; this bounds what a lost machine
+    # can take back, which the self-check then repairs). 0 = never flush explicitly.
+    indexer_flush_interval_s: float = Field(30.0, ge=0)
+    # The self-check walks the catalog and the vector store in slices of this many products
+    # (and as many points), one slice every `selfcheck_interval_s` seconds while the outbox
+    # is empty, repairing missing, stale, orphaned and drifted points. 0 = off.
+    selfcheck_interval_s: float = Field(10.0, ge=0)
+    selfcheck_batch: int = Field(200, ge=1, le=10_000)
     log_level: str = "INFO"
     # "text" (one line per record) or "json" (one JSON object per line, with request_id).
     log_format: Literal["text", "json"] = "text"

@@ -8,7 +8,14 @@ Series (all prefixed `prodsearch_`):
   and `encoder_queue_depth` (queries waiting for the batcher);
 - `outbox_pending` and `outbox_oldest_pending_age_seconds`: the indexer's lag, read from the
   catalog at scrape time;
-- `vector_store_latency_seconds{op}`: every vector-store call (search, upsert, ...).
+- `vector_store_latency_seconds{op}`: every vector-store call (search, upsert, ...);
+- `indexer_healthy` (1, or 0 while stuck: health NOT_SERVING),
+  `indexer_seconds_since_progress`, `indexer_rows_done_total` and
+  `indexer_unverified_products_total` (writes whose points did not match SQL when read
+  back: their rows stay pending and are redone);
+- `selfcheck_drift_found_total{kind}` and `selfcheck_drift_repaired_total{kind}` (kind:
+  missing, stale, orphans, drift), `selfcheck_products_checked_total` and
+  `selfcheck_rounds_total` (complete walks over the catalog and the vector store).
 
 `start_http(...)` serves them over HTTP (`PRODSEARCH_METRICS_PORT`, 0 = off; bound to
 `PRODSEARCH_METRICS_HOST`, 127.0.0.1 by default).
@@ -45,6 +52,28 @@ ENCODER_QUEUE = Gauge("prodsearch_encoder_queue_depth", "queries waiting for the
 VECTOR_LATENCY = Histogram("prodsearch_vector_store_latency_seconds",
                            "vector store call latency", ["op"], buckets=_LATENCY_BUCKETS)
 
+INDEXER_ROWS_DONE = Counter("prodsearch_indexer_rows_done",
+                            "outbox rows whose points were verified and marked done")
+INDEXER_UNVERIFIED = Counter("prodsearch_indexer_unverified_products",
+                             "products whose points did not match SQL after a write "
+                             "(their rows stay pending)")
+INDEXER_HEALTHY = Gauge("prodsearch_indexer_healthy",
+                        "1 while the indexer makes progress, 0 while stuck")
+INDEXER_IDLE = Gauge("prodsearch_indexer_seconds_since_progress",
+                     "seconds since the indexer last indexed a row or found none pending")
+DRIFT_FOUND = Counter("prodsearch_selfcheck_drift_found",
+                      "differences between SQL and the vector store found by the self-check",
+                      ["kind"])
+DRIFT_REPAIRED = Counter("prodsearch_selfcheck_drift_repaired",
+                         "differences the self-check repaired", ["kind"])
+SELFCHECK_PRODUCTS = Counter("prodsearch_selfcheck_products_checked",
+                             "products compared by the self-check")
+SELFCHECK_ROUNDS = Counter("prodsearch_selfcheck_rounds",
+                           "complete self-check walks over the catalog and the vector store")
+for _kind in ("missing", "stale", "orphans", "drift"):
+    DRIFT_FOUND.labels(_kind)
+    DRIFT_REPAIRED.labels(_kind)
+
 # Vector-store methods that are timed.
 TIMED_VECTOR_OPS = ("search", "search_hybrid", "upsert", "delete_products", "set_payload",
                     "get_vectors", "delete_points", "count")
@@ -78,6 +107,34 @@ def _timed(fn: Callable[..., Any], histogram: Any) -> Callable[..., Any]:
             histogram.observe(time.perf_counter() - start)
 
     return timed
+
+
+def observe_drain(rows_done: int, unverified: int) -> None:
+    INDEXER_ROWS_DONE.inc(rows_done)
+    INDEXER_UNVERIFIED.inc(unverified)
+
+
+def observe_selfcheck(products: int, found: dict[str, int], repaired: dict[str, int],
+                      round_done: bool) -> None:
+    SELFCHECK_PRODUCTS.inc(products)
+    for kind, n in found.items():
+        DRIFT_FOUND.labels(kind).inc(n)
+    for kind, n in repaired.items():
+        DRIFT_REPAIRED.labels(kind).inc(n)
+    if round_done:
+        SELFCHECK_ROUNDS.inc()
+
+
+class _Health(Protocol):
+    def stuck(self) -> str | None: ...
+
+    def seconds_since_progress(self) -> float: ...
+
+
+def watch_indexer(health: _Health) -> None:
+    """Report this server's indexer health (the latest server started in the process)."""
+    INDEXER_HEALTHY.set_function(lambda: 0.0 if health.stuck() else 1.0)
+    INDEXER_IDLE.set_function(health.seconds_since_progress)
 
 
 def instrument_encoder(encoder: object) -> None:

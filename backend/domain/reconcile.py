@@ -154,9 +154,15 @@ class Reconciler:
 
     def fix(self, report: ReconcileReport,
             index: Callable[[str, list[Product]], object] | None) -> ReconcileReport:
-        """Repair what `report` found (deletes first, then re-index, then payloads) and
-        check again. `index(collection, products)` encodes and upserts products; without it,
-        missing products are left for the indexer and still reported."""
+        """Repair what `report` found and check everything again."""
+        self.repair(report, index)
+        return self.check()
+
+    def repair(self, report: ReconcileReport,
+               index: Callable[[str, list[Product]], object] | None) -> None:
+        """Repair what `report` found (deletes first, then re-index, then payloads).
+        `index(collection, products)` encodes and upserts products; without it, missing
+        products are left for the indexer."""
         collection = self._vectors.resolve(self._collection)
         doomed = [*report.orphans, *report.stale]
         if doomed:
@@ -175,4 +181,3 @@ class Reconciler:
                 patches.append(PayloadPatch(product.product_id, values))
             if patches:
                 self._vectors.set_payload(collection, patches)
-        return self.check()

@@ -1,6 +1,6 @@
 """A second gRPC server over the session's app (same SQL, vectors and warm encoder) with other
 settings (auth on, TLS): no second model load. It neither stops the shared encoder nor runs a
-second outbox drainer."""
+second outbox drainer or self-check."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class _NoIndexer:
 def side_app(app: App, **updates: Any) -> App:
     settings = app.settings.model_copy(update=updates)
     return dataclasses.replace(app, settings=settings, encoder=_SharedEncoder(app.encoder),
-                               indexer=_NoIndexer())  # type: ignore[arg-type]
+                               indexer=_NoIndexer(), self_check=None)  # type: ignore[arg-type]
 
 
 @contextmanager

@@ -618,12 +618,12 @@ class CatalogRepository:
             ).unique().one_or_none()
             return _to_domain(rec) if rec is not None else None
 
-    def iter_products(self, batch: int = 500) -> Iterator[list[Product]]:
-        """All live products in id order, `batch` at a time; each page is its own short read
-        transaction, so a long reindex never pins an old snapshot."""
+    def iter_products(self, batch: int = 500, after: str = "") -> Iterator[list[Product]]:
+        """All live products in id order (those with ids above `after`), `batch` at a time;
+        each page is its own short read transaction, so a long reindex never pins an old
+        snapshot."""
         if batch < 1:
             raise InvalidInput("batch must be >= 1")
-        after = ""
         while True:
             with self._read() as session:
                 ids = session.scalars(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import grpc
@@ -13,8 +14,10 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from backend import metrics
 from backend.app import App
 from backend.config import TlsSettings
+from backend.domain.indexer_health import IndexerHealth
 from backend.security import ApiKeys
 from backend.transport.grpc import interceptors
 from backend.transport.grpc.generated.product_search.v1 import product_search_pb2 as pb
@@ -28,6 +31,9 @@ SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["ProductSearch"].full_name,
     pb.DESCRIPTOR.services_by_name["Catalog"].full_name,
 )
+# Health names that turn NOT_SERVING while the indexer is stuck: the server as a whole, and
+# the writes (accepted, but they would not become searchable). Search itself still answers.
+INDEXER_HEALTH_NAMES = ("", pb.DESCRIPTOR.services_by_name["Catalog"].full_name)
 
 
 class Server:
@@ -54,6 +60,8 @@ class Server:
         )
         self._health = health_aio.HealthServicer()
         self._indexer_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self.indexer_health = IndexerHealth(app.settings.indexer_stall_s)
         self._stopping = asyncio.Event()
         self.port = 0
         self.metrics_http: Any = None  # the Prometheus HTTP server, when metrics_port is set
@@ -84,15 +92,16 @@ class Server:
         await s.start()
         log.info("listening on %s:%d; warming up models", self._host, self.port)
         if self.app.settings.metrics_port and self.metrics_http is None:
-            from backend import metrics
-
             self.metrics_http, _ = metrics.start_http(self.app.settings.metrics_host,
                                                       self.app.settings.metrics_port)
         await self._warm_up()
-        if self.app.settings.indexer_enabled:
-            self._indexer_task = asyncio.create_task(self._index_loop(), name="indexer")
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.app.settings.indexer_enabled:
+            self.indexer_health.revived()
+            metrics.watch_indexer(self.indexer_health)
+            self._indexer_task = asyncio.create_task(self._index_loop(), name="indexer")
+            self._watch_task = asyncio.create_task(self._watch_indexer(), name="indexer-health")
         log.info("serving (model %s)", self.app.encoder.model_version)
         return self.port
 
@@ -103,6 +112,8 @@ class Server:
     async def _index_loop(self) -> None:
         app = self.app
         poll = app.settings.indexer_poll_ms / 1000
+        check_every = app.settings.selfcheck_interval_s
+        next_check = time.monotonic() + check_every
         while not self._stopping.is_set():
             try:
                 stats = await asyncio.to_thread(
@@ -111,13 +122,63 @@ class Server:
             except Exception:
                 # The rows stay pending and are retried; a broken store must not stop serving.
                 log.exception("indexer pass failed; retrying")
-                await asyncio.sleep(1.0)
+                await self._pause(1.0)
                 continue
+            self.indexer_health.passed(stats)
+            metrics.observe_drain(stats.done, stats.unverified_products)
+            if app.self_check is not None and check_every > 0 \
+                    and time.monotonic() >= next_check:
+                # Due even under a steady stream of writes; one bounded slice at a time.
+                next_check = time.monotonic() + check_every
+                await self._self_check_slice()
+            if stats.done:
+                continue  # more may be waiting
             if stats.rows:
+                await self._pause(min(1.0, 5 * poll))  # nothing verified: do not spin
                 continue
             woke = await asyncio.to_thread(app.index_wakeup.wait, poll)
             if woke:
                 app.index_wakeup.clear()
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _self_check_slice(self) -> None:
+        assert self.app.self_check is not None
+        try:
+            report = await asyncio.to_thread(self.app.self_check.run_slice)
+        except Exception:
+            log.exception("self-check slice failed; the next one continues")
+            return
+        metrics.observe_selfcheck(report.products, report.found, report.repaired,
+                                  report.round_done)
+
+    async def _watch_indexer(self) -> None:
+        """Health follows the indexer: NOT_SERVING while it is stuck, SERVING once it makes
+        progress again. A loop that died is restarted."""
+        health = self.indexer_health
+        period = min(1.0, health.stall_s / 4)
+        reported: str | None = None
+        while not self._stopping.is_set():
+            task = self._indexer_task
+            if task is not None and task.done() and not self._stopping.is_set():
+                error = task.exception() if not task.cancelled() else None
+                health.died(f"the indexer loop stopped ({error!r}); restarted")
+                log.error("indexer loop stopped (%r); restarting it", error)
+                self._indexer_task = asyncio.create_task(self._index_loop(), name="indexer")
+            reason = health.stuck()
+            if (reason is None) != (reported is None):
+                status = (health_pb2.HealthCheckResponse.NOT_SERVING if reason
+                          else health_pb2.HealthCheckResponse.SERVING)
+                for name in INDEXER_HEALTH_NAMES:
+                    await self._health.set(name, status)
+                if reason:
+                    log.error("indexer stuck: %s; health NOT_SERVING", reason)
+                else:
+                    log.warning("indexer making progress again; health SERVING")
+            reported = reason
+            await self._pause(period)
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.app.settings.shutdown_grace_s if grace is None else grace
@@ -129,6 +190,9 @@ class Server:
             self.metrics_http.shutdown()
             self.metrics_http.server_close()
             self.metrics_http = None
+        if self._watch_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
         if self._indexer_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._indexer_task
