@@ -71,8 +71,9 @@ class SelfCheck:
         owners = {payload.product_id for _, payload in points} - set(live)
         live.update(self._catalog.get_products(sorted(owners)))
         # Read last: anything changed since the reads above is pending, so skipped.
-        pending = set(self._catalog.pending_product_ids())
-        ids = sorted((set(live) | owners) - pending)
+        candidates = set(live) | owners
+        pending = set(self._catalog.pending_product_ids(sorted(candidates)))
+        ids = sorted(candidates - pending)
         result = SliceReport(products=len(ids))
         round_done = self._products_wrapped and self._points_wrapped
         if round_done:

@@ -665,6 +665,10 @@ class CatalogRepository:
         """
         if limit < 1:
             return []
+        with self._read() as session:
+            if session.scalar(select(OutboxEntry.id).where(OutboxEntry.done_at.is_(None))
+                              .limit(1)) is None:
+                return []  # an idle poll takes no write lock
         with self._write.begin() as session:
             rows = session.execute(
                 select(OutboxEntry.id, OutboxEntry.product_id, OutboxEntry.op,
@@ -701,12 +705,17 @@ class CatalogRepository:
                 .where(OutboxEntry.done_at.is_(None)))
         return int(count or 0)
 
-    def pending_product_ids(self) -> list[str]:
-        """Products with outbox rows not yet done (changes the index does not show yet)."""
+    def pending_product_ids(self, among: Sequence[str] | None = None) -> list[str]:
+        """Products with outbox rows not yet done (changes the index does not show yet),
+        all of them or those in `among`."""
+        stmt = select(OutboxEntry.product_id).where(OutboxEntry.done_at.is_(None)).distinct()
         with self._read() as session:
-            return list(session.scalars(
-                select(OutboxEntry.product_id).where(OutboxEntry.done_at.is_(None))
-                .distinct()))
+            if among is None:
+                return list(session.scalars(stmt))
+            found: set[str] = set()
+            for chunk in _chunks(list(dict.fromkeys(among))):
+                found.update(session.scalars(stmt.where(OutboxEntry.product_id.in_(chunk))))
+            return sorted(found)
 
     def indexed_version(self) -> int:
         """The catalog version that search reflects: every change up to it is indexed."""
