@@ -126,8 +126,11 @@ class Indexer:
             verified |= self._verified(collection, retry, written)
         stats.unverified_products = len(wanted) - len(verified)
         if stats.unverified_products:
-            log.warning("indexer: %d of %d products do not match SQL after writing; their "
-                        "outbox rows stay pending", stats.unverified_products, len(wanted))
+            failing = [pid for pid in wanted if pid not in verified]
+            attempts = max(item.attempts for item in items if item.product_id in failing)
+            log.warning("indexer: %d of %d products do not match SQL after writing (e.g. %s, "
+                        "attempt %d); their outbox rows stay pending",
+                        len(failing), len(wanted), ", ".join(failing[:3]), attempts)
         self._flush_if_due(collection)
         stats.done = self._catalog.mark_done(
             [item.id for item in items if item.product_id in verified])

@@ -50,7 +50,8 @@ def _child_serve() -> int:
     from backend import cli
     from tests.integration.test_crash_safety import FakeEncoder
 
-    backend.app.make_encoder = lambda settings: FakeEncoder(delay_s=0.002)  # type: ignore
+    # Slow enough that writes queue up behind the indexer and batches mix operations.
+    backend.app.make_encoder = lambda settings: FakeEncoder(delay_s=0.02)  # type: ignore
     return cli.main(["serve"])
 
 
@@ -194,16 +195,21 @@ class Writer(threading.Thread):
         for product, pid in zip(batch, reply.product_ids, strict=True):
             self.expected[product.sku] = Expected(pid, product.title, product.price.amount,
                                                   product.inventory[0].quantity)
-        self._read_your_write(batch[0].title, reply.product_ids[0], reply.catalog_version)
+        version = reply.catalog_version
+        if self.rng.random() < 0.5:
+            # Stock changes right behind the upsert, likely in the same indexer batch.
+            version = self.inventory(batch[0].sku)
+        self._read_your_write(batch[0].title, reply.product_ids[0], version)
 
     def _live(self) -> list[str]:
         return [sku for sku, e in self.expected.items() if not e.deleted]
 
-    def inventory(self) -> None:
+    def inventory(self, sku: str | None = None) -> int:
+        """Returns the acknowledged catalog version (0 when there was nothing to update)."""
         live = self._live()
         if not live:
-            return
-        sku = self.rng.choice(live)
+            return 0
+        sku = sku or self.rng.choice(live)
         e = self.expected[sku]
         quantity = self.rng.randint(0, 5)
         price = float(self.rng.randint(1, 500)) if self.rng.random() < 0.5 else None
@@ -211,10 +217,12 @@ class Writer(threading.Thread):
                                     quantity=quantity)
         if price is not None:
             update.price.CopyFrom(pb.Money(amount=price, currency="EUR"))
-        self._until_acked(self.writes.UpdateInventory, pb.UpdateInventoryRequest(
+        reply = self._until_acked(self.writes.UpdateInventory, pb.UpdateInventoryRequest(
             updates=[update]))
+        assert isinstance(reply, pb.UpdateInventoryResponse)
         e.quantity = quantity
         e.price = e.price if price is None else price
+        return int(reply.catalog_version)
 
     def delete(self) -> None:
         live = self._live()

@@ -17,6 +17,7 @@ from backend.app import ensure_collection
 from backend.config import load_settings
 from backend.domain.indexing import Indexer
 from backend.domain.reconcile import Reconciler
+from backend.domain.selfcheck import SelfCheck, SliceReport
 from backend.domain.types import Filters, ProductInput, StockLevel
 from backend.errors import NotFound
 from backend.stores.catalog import migrate
@@ -211,3 +212,23 @@ def test_a_write_during_the_pass_keeps_its_rows_pending(env: Env) -> None:
     env.indexer.drain()
     _assert_indexed(env, "RACE", outcome.product_id)
     assert env.catalog.get_product(outcome.product_id).title == "racing item v2"
+
+
+def test_self_check_slices_are_bounded_and_cover_everything(env: Env) -> None:
+    outcomes = env.catalog.upsert_products(
+        [_product(env, f"SC-{i}", f"self check item {i}") for i in range(12)])
+    env.indexer.drain()
+    live = sum(len(page) for page in env.catalog.iter_products())
+    check = SelfCheck(env.catalog, env.vectors, env.indexer, "products", FAKE_VERSION,
+                      batch=4)
+    victim = outcomes[7].product_id
+    env.vectors.delete_products(env.collection, [victim])  # lost behind the indexer's back
+    slices: list[SliceReport] = []
+    while not slices or not slices[-1].round_done:
+        slices.append(check.run_slice())
+        assert slices[-1].products <= 2 * 4
+        assert len(slices) <= live // 4 + 2, "a round must end"
+    assert sum(r.found["missing"] for r in slices) == 1
+    assert sum(r.repaired["missing"] for r in slices) == 1
+    assert sum(r.drift_found for r in slices) == 1
+    _assert_indexed(env, "SC-7", victim)
