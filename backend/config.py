@@ -48,6 +48,10 @@ class SearchSettings(BaseModel):
     max_top_k: int = Field(100, ge=1, le=1000)
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
+    # Query photos (search, match, restock) decode to at most this many pixels: a JPEG above
+    # it is decoded at a smaller DCT scale; any other format is refused from its header size
+    # before decoding (a few KB of PNG can declare tens of megapixels, seconds of CPU).
+    max_decode_pixels: int = Field(16_777_216, ge=1)
     max_text_chars: int = Field(1000, ge=1)
     # page offset + top_k may not exceed these (INVALID_ARGUMENT beyond): deep pages are
     # ranked from the top, so they bound the work of one request. Diversified results

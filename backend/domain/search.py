@@ -200,6 +200,7 @@ class SearchService:
                 max_bytes=self._settings.max_image_bytes,
                 max_pixels=self._settings.max_image_pixels,
                 draft_px=self._settings.query_image_draft_px,
+                max_decode_pixels=self._settings.max_decode_pixels,
             )
             views = await asyncio.to_thread(query_views, image)
         text = query.text.strip() or None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 import re
 import time
@@ -398,6 +399,14 @@ def _wrap_open(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHan
     if handler.unary_stream is not None:
         inner_us: Any = handler.unary_stream
 
+        if not inspect.isasyncgenfunction(inner_us):  # writes with context.write (Watch)
+            async def us_writer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if request is edge.MALFORMED:
+                    await refuse(context)
+                return await inner_us(request, context)
+
+            return grpc.unary_stream_rpc_method_handler(us_writer, deserialize, serialize)
+
         async def us(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             if request is edge.MALFORMED:
                 await refuse(context)
@@ -414,6 +423,12 @@ def _wrap_open(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHan
         return grpc.stream_unary_rpc_method_handler(su, deserialize, serialize)
     inner_ss: Any = handler.stream_stream
     assert inner_ss is not None
+
+    if not inspect.isasyncgenfunction(inner_ss):
+        async def ss_writer(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await inner_ss(messages(requests, context), context)
+
+        return grpc.stream_stream_rpc_method_handler(ss_writer, deserialize, serialize)
 
     async def ss(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async for item in inner_ss(messages(requests, context), context):
