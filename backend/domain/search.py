@@ -28,7 +28,7 @@ from encoders.preprocess import decode_image
 # Points are per product image; fetch more than asked so that several images of one product
 # still leave top_k distinct products after grouping.
 _GROUP_OVERFETCH = 3
-# Diversified results are picked from this many candidates per result.
+# Diversified results are picked from this many candidates per result of the window.
 _MMR_POOL = 4
 
 
@@ -112,9 +112,12 @@ class SearchService:
         collection = await asyncio.to_thread(self._vectors.resolve, self._collection)
         limit = (offset + top_k) * _GROUP_OVERFETCH
         if query.diversify:
-            limit = max(limit, _MMR_POOL * (offset + top_k))
+            # Always the same candidate pool, whatever the page: MMR picks greedily, so every
+            # page is then a slice of one ranking (no repeats or gaps between pages).
+            limit = max(limit, _MMR_POOL * self._settings.max_diversify_window)
         points, vector_name = await self._candidates(query, filters, collection, limit)
         ranked = await asyncio.to_thread(_best_per_product, points)
+        available = len(ranked)  # MMR returns only offset + top_k: count before it
         if query.diversify and vector_name:
             ranked = await _diversify(ranked, vector_name, offset + top_k)
         page = ranked[offset : offset + top_k]
@@ -132,7 +135,7 @@ class SearchService:
             if p.payload.product_id in products
             and principal.can_see(products[p.payload.product_id])
         ]
-        more = len(ranked) > offset + top_k
+        more = available > offset + top_k
         return SearchResult(
             hits=hits,
             next_page_token=encode_page_token(offset + top_k) if more else "",
@@ -273,7 +276,9 @@ def _best_per_product(points: list[ScoredPoint]) -> list[ScoredPoint]:
     """Keep the best-scoring image of each product, in score order."""
     seen: set[str] = set()
     out: list[ScoredPoint] = []
-    for point in sorted(points, key=lambda p: -p.score):
+    # Ties broken by product id: equal scores (identical titles) must rank the same way on
+    # every call, or pages (and diversified picks) would differ from call to call.
+    for point in sorted(points, key=lambda p: (-p.score, p.payload.product_id)):
         if point.payload.product_id not in seen:
             seen.add(point.payload.product_id)
             out.append(point)
