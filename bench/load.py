@@ -6,20 +6,32 @@ of openclipart images in a temporary folder, with API keys required.
     .venv/bin/python -m bench.load                       # own server, 32 clients, 20 s
     .venv/bin/python -m bench.load --clients 64 --max-queue 16 --deadline 1
     PRODSEARCH_API_KEY=psk_... .venv/bin/python -m bench.load --addr 127.0.0.1:50051
+
+`--expensive` (own server only): the overload scenario. First, with no load, a probe client
+checks health every 20 ms and another sends plain text searches one after the other; then
+the same probes run while 16 clients (--clients) send the most expensive requests the API
+accepts: photo searches with the largest photo that decodes, diversified searches at the
+deepest page allowed, more-like-this diversified, restock on a shelf-sized photo and matches
+with four photos. It prints the probes' latencies side by side and checks the targets:
+health p99 <= 100 ms, plain search p95 <= its no-load p95 x 1.5.
+
+    .venv/bin/python -m bench.load --expensive --clients 16 --seconds 20
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import random
 import statistics
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -31,8 +43,15 @@ TEXTS = ["cat", "red flower", "a useful thing", "animal", "car", "house", "tree"
          "红色的花", "blue shirt", "lamp", "guitar"]
 
 
+@dataclass
+class Keys:
+    storefront: str
+    warehouse: str
+
+
 @contextmanager
-def own_server(products: int, max_queue: int) -> Iterator[tuple[str, str, list[bytes]]]:
+def own_server(products: int, max_queue: int, keys_out: list[Keys] | None = None
+               ) -> Iterator[tuple[str, str, list[bytes]]]:
     from backend.app import build_app
     from backend.config import load_settings
     from backend.demo import photo_of
@@ -52,6 +71,8 @@ def own_server(products: int, max_queue: int) -> Iterator[tuple[str, str, list[b
         app.encoder.start()
         app.indexer.drain()
         key = ApiKeys(app.catalog).create("storefront").key
+        if keys_out is not None:
+            keys_out.append(Keys(key, ApiKeys(app.catalog).create("warehouse").key))
         photos = [photo_of(Path(str(item["images"][0])), seed=n)  # type: ignore[index]
                   for n, item in enumerate(catalog[:8])]
         server = BackgroundServer(app)
@@ -113,6 +134,154 @@ async def run(addr: str, clients: int, seconds: float, deadline: float, key: str
         print(f"  {code:<20} {count}")
 
 
+# ----------------------------------------------------------------------- --expensive
+
+def _pct(values: list[float], p: float) -> float:
+    ms = sorted(values)
+    return ms[min(len(ms) - 1, int(p / 100 * len(ms)))] * 1000 if ms else float("nan")
+
+
+def largest_photos(photos: list[bytes]) -> tuple[bytes, bytes]:
+    """(a PNG at the most pixels the server decodes, a JPEG at the most pixels it accepts),
+    both upscaled from a real photo so that they look like one."""
+    from PIL import Image
+
+    from backend.config import SearchSettings
+
+    limits = SearchSettings()
+    base = Image.open(io.BytesIO(photos[0])).convert("RGB")
+    side = int(limits.max_decode_pixels ** 0.5)
+    png = io.BytesIO()
+    base.resize((side, side)).save(png, "PNG", compress_level=9)
+    width = int((limits.max_image_pixels * 1.5) ** 0.5)
+    height = limits.max_image_pixels // width
+    jpeg = io.BytesIO()
+    base.resize((width, height)).save(jpeg, "JPEG", quality=80)
+    for data in (png.getvalue(), jpeg.getvalue()):
+        assert len(data) <= limits.max_image_bytes, len(data)
+    return png.getvalue(), jpeg.getvalue()
+
+
+async def probe(call: Callable[[], Awaitable[object]], until: float, pause: float,
+                latencies: list[float], codes: Counter[str]) -> None:
+    while time.perf_counter() < until:
+        start = time.perf_counter()
+        try:
+            await call()
+            codes["OK"] += 1
+        except grpc.aio.AioRpcError as exc:
+            codes[exc.code().name] += 1
+        latencies.append(time.perf_counter() - start)
+        await asyncio.sleep(pause)
+
+
+async def run_expensive(addr: str, keys: Keys, photos: list[bytes], clients: int,
+                        seconds: float, deadline: float) -> bool:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from backend.config import SearchSettings
+    from backend.domain.search import encode_page_token
+
+    png, jpeg = largest_photos(photos)
+    window = SearchSettings().max_diversify_window
+    top = SearchSettings().max_top_k
+    deep = encode_page_token(window - top)
+    store = (("x-api-key", keys.storefront),)
+    warehouse = (("x-api-key", keys.warehouse),)
+    print(f"largest photos: PNG {len(png) / 1e6:.1f} MB, JPEG {len(jpeg) / 1e6:.1f} MB; "
+          f"diversify window {window}")
+
+    async with grpc.aio.insecure_channel(addr) as probe_channel:
+        health = health_pb2_grpc.HealthStub(probe_channel)
+        plain = rpc.ProductSearchStub(probe_channel)
+        some = await plain.Search(pb.SearchRequest(text="thing", top_k=1), timeout=60,
+                                  metadata=store)
+        product_id = some.hits[0].product.product_id
+        rng = random.Random(1)
+
+        def health_call() -> Awaitable[object]:
+            return health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+
+        def plain_call() -> Awaitable[object]:
+            return plain.Search(pb.SearchRequest(text=rng.choice(TEXTS), top_k=10),
+                                timeout=10, metadata=store)
+
+        async def probes(span: float) -> tuple[list[float], list[float], Counter[str]]:
+            h: list[float] = []
+            p: list[float] = []
+            codes: Counter[str] = Counter()
+            until = time.perf_counter() + span
+            await asyncio.gather(probe(health_call, until, 0.02, h, codes),
+                                 probe(plain_call, until, 0.02, p, codes))
+            return h, p, codes
+
+        for _ in range(5):  # warm-up
+            await plain_call()
+        idle_h, idle_p, idle_codes = await probes(seconds)
+
+        heavy_codes: Counter[str] = Counter()
+        heavy_ms: list[float] = []
+
+        async def heavy(n: int, until: float) -> None:
+            local = random.Random(n)
+            async with grpc.aio.insecure_channel(addr) as channel:
+                stub = rpc.ProductSearchStub(channel)
+                kinds: list[Callable[[], Awaitable[object]]] = [
+                    lambda: stub.Search(pb.SearchRequest(image=png, top_k=top, diversify=True),
+                                        timeout=deadline, metadata=store),
+                    lambda: stub.Search(pb.SearchRequest(image=jpeg, top_k=top),
+                                        timeout=deadline, metadata=store),
+                    lambda: stub.Search(pb.SearchRequest(text="cat", top_k=top, diversify=True,
+                                                         page_token=deep),
+                                        timeout=deadline, metadata=store),
+                    lambda: stub.Search(pb.SearchRequest(product_id=product_id, top_k=top,
+                                                         diversify=True, page_token=deep),
+                                        timeout=deadline, metadata=store),
+                    lambda: stub.FindRestockMatches(pb.RestockRequest(
+                        image=jpeg, warehouse="W1", top_k=50), timeout=deadline,
+                        metadata=warehouse),
+                    lambda: stub.MatchProduct(pb.MatchRequest(listing=pb.Product(
+                        title="a thing", images=[pb.ProductImage(content=p)
+                                                 for p in (photos * 4)[:4]]), top_k=10),
+                        timeout=deadline, metadata=store),
+                ]
+                while time.perf_counter() < until:
+                    start = time.perf_counter()
+                    try:
+                        await local.choice(kinds)()
+                        heavy_codes["OK"] += 1
+                    except grpc.aio.AioRpcError as exc:
+                        heavy_codes[exc.code().name] += 1
+                        if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                            await asyncio.sleep(0.02 + local.random() * 0.03)  # back off
+                    heavy_ms.append(time.perf_counter() - start)
+
+        until = time.perf_counter() + seconds + 1.0
+        load = asyncio.gather(*(heavy(n, until) for n in range(clients)))
+        await asyncio.sleep(1.0)  # let the load build up
+        load_h, load_p, load_codes = await probes(seconds)
+        await load
+
+    print(f"\n{clients} clients sending expensive requests, probes for {seconds:.0f} s each phase")
+    print("| probe | phase | calls | p50 ms | p95 ms | p99 ms |")
+    print("|---|---|---|---|---|---|")
+    for name, idle, loaded in (("health", idle_h, load_h), ("plain search", idle_p, load_p)):
+        for phase, values in (("no load", idle), ("under load", loaded)):
+            print(f"| {name} | {phase} | {len(values)} | {_pct(values, 50):.1f} | "
+                  f"{_pct(values, 95):.1f} | {_pct(values, 99):.1f} |")
+    print(f"probe codes: no load {dict(idle_codes)}, under load {dict(load_codes)}")
+    print(f"expensive requests: {len(heavy_ms)} ({dict(heavy_codes)}), "
+          f"p50 {_pct(heavy_ms, 50):.0f} ms, p95 {_pct(heavy_ms, 95):.0f} ms")
+    health_ok = _pct(load_h, 99) <= 100
+    ratio = _pct(load_p, 95) / _pct(idle_p, 95)
+    search_ok = ratio <= 1.5
+    print(f"health p99 under load {_pct(load_h, 99):.1f} ms (target <= 100): "
+          f"{'met' if health_ok else 'NOT met'}")
+    print(f"plain search p95 under load / no load = {ratio:.2f} (target <= 1.50): "
+          f"{'met' if search_ok else 'NOT met'}")
+    return health_ok and search_ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,8 +293,16 @@ def main() -> int:
                         help="share of photo queries (own server only)")
     parser.add_argument("--products", type=int, default=200, help="own server's catalog")
     parser.add_argument("--max-queue", type=int, default=256, help="own server's encoder queue")
+    parser.add_argument("--expensive", action="store_true",
+                        help="the overload scenario (see above); own server only")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.expensive:
+        keys: list[Keys] = []
+        with own_server(args.products, args.max_queue, keys) as (addr, _, photos):
+            met = asyncio.run(run_expensive(addr, keys[0], photos, args.clients, args.seconds,
+                                            max(args.deadline, 10.0)))
+        return 0 if met else 1
     if args.addr:
         asyncio.run(run(args.addr, args.clients, args.seconds, args.deadline,
                         os.environ.get("PRODSEARCH_API_KEY", ""), [], 0.0))
