@@ -65,7 +65,7 @@ class SearchSettings(BaseModel):
 
 
 class LimitsSettings(BaseModel):
-    # Expensive calls (photo searches, diversified searches, match, restock, uploads) run at
+    # Expensive calls (photo searches, diversified searches, match, restock) run at
     # most this many at a time (0: half the CPU cores, at least 1); up to `heavy_queue` more
     # wait for a slot within their deadline, any further one gets RESOURCE_EXHAUSTED at once.
     # Health checks and cheap calls (text search, reads, stock updates) are never queued.

@@ -39,6 +39,8 @@ import grpc
 from backend.transport.grpc.generated.product_search.v1 import product_search_pb2 as pb
 from backend.transport.grpc.generated.product_search.v1 import product_search_pb2_grpc as rpc
 
+WAREHOUSE = "berlin"  # one of backend.demo_catalog.WAREHOUSES
+
 TEXTS = ["cat", "red flower", "a useful thing", "animal", "car", "house", "tree", "bird",
          "红色的花", "blue shirt", "lamp", "guitar"]
 
@@ -72,7 +74,8 @@ def own_server(products: int, max_queue: int, keys_out: list[Keys] | None = None
         app.indexer.drain()
         key = ApiKeys(app.catalog).create("storefront").key
         if keys_out is not None:
-            keys_out.append(Keys(key, ApiKeys(app.catalog).create("warehouse").key))
+            keys_out.append(Keys(key, ApiKeys(app.catalog).create(
+                "warehouse", warehouses=[WAREHOUSE]).key))
         photos = [photo_of(Path(str(item["images"][0])), seed=n)  # type: ignore[index]
                   for n, item in enumerate(catalog[:8])]
         server = BackgroundServer(app)
@@ -238,7 +241,7 @@ async def run_expensive(addr: str, keys: Keys, photos: list[bytes], clients: int
                                                          diversify=True, page_token=deep),
                                         timeout=deadline, metadata=store),
                     lambda: stub.FindRestockMatches(pb.RestockRequest(
-                        image=jpeg, warehouse="W1", top_k=50), timeout=deadline,
+                        image=jpeg, warehouse=WAREHOUSE, top_k=50), timeout=deadline,
                         metadata=warehouse),
                     lambda: stub.MatchProduct(pb.MatchRequest(listing=pb.Product(
                         title="a thing", images=[pb.ProductImage(content=p)

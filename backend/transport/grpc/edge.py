@@ -8,8 +8,8 @@ concurrency limit.
 - NUL characters and lone surrogates are refused on every string field of every message
   (PostgreSQL cannot store NUL in text; SQLite would store a value no other client can read
   back the same), as are over-long values; messages name the field, never echo the value.
-- Expensive calls (photo decoding and encoding, diversified ranking, matching, restock,
-  uploads) run at most `heavy_concurrency` at a time; a bounded number may wait, the rest get
+- Expensive calls (photo decoding and encoding, diversified ranking, matching, restock)
+  run at most `heavy_concurrency` at a time; a bounded number may wait, the rest get
   RESOURCE_EXHAUSTED at once, so they cannot starve health checks and cheap calls.
 """
 
@@ -167,9 +167,11 @@ async def checked_stream(requests: AsyncIterator[Any], method: str) -> AsyncIter
 
 def is_expensive(method: str, request: Any) -> bool:
     """Calls whose cost is dominated by CPU work: photos (decode, encode), diversified
-    ranking, matching, restock, uploads. Plain text searches and point reads are cheap."""
+    ranking, matching, restock. Plain text searches and point reads are cheap. Uploads are
+    not gated: a stream is mostly waiting on the network (a slow uploader would hold a slot
+    for nothing), and the indexer encodes their images in the background."""
     name = method.rsplit("/", 1)[-1]
-    if name in ("MatchProduct", "FindRestockMatches", "UpsertProducts"):
+    if name in ("MatchProduct", "FindRestockMatches"):
         return True
     if name == "Search":
         return bool(getattr(request, "image", b"")) or bool(getattr(request, "diversify", False))
