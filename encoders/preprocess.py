@@ -117,7 +117,9 @@ def decode_image(
         scale = _jpeg_scale(width, height, draft_px, decode_limit)
         if scale > 1:
             with contextlib.suppress(Exception):
-                img.draft("RGB", (-(-width // scale), -(-height // scale)))
+                # draft() picks the largest power-of-2 scale with a result >= the size asked
+                # for: ask for the floor, or an odd width would fall back to full size.
+                img.draft("RGB", (max(1, width // scale), max(1, height // scale)))
     decoded_w, decoded_h = img.size
     if decoded_w * decoded_h > decode_limit:
         raise ImageDecodeError(

@@ -145,6 +145,11 @@ def test_big_jpeg_is_decoded_at_a_smaller_scale_within_the_limit() -> None:
     assert image.size[0] * image.size[1] <= 4_000_000 and image.size == (1500, 1000)
 
 
+def test_odd_sized_big_jpeg_is_drafted_not_refused() -> None:
+    image = decode_image(_jpeg(7745, 5164), max_decode_pixels=16_777_216)
+    assert image.size == (3873, 2582)
+
+
 def test_large_images_are_reduced_for_queries_like_jpeg_drafts() -> None:
     png = decode_image(_png(2000), draft_px=448)
     jpeg = decode_image(_jpeg(2000, 2000), draft_px=448)
