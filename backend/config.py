@@ -48,11 +48,29 @@ class SearchSettings(BaseModel):
     max_top_k: int = Field(100, ge=1, le=1000)
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
+    # Query photos (search, match, restock) decode to at most this many pixels: a JPEG above
+    # it is decoded at a smaller DCT scale; any other format is refused from its header size
+    # before decoding (a few KB of PNG can declare tens of megapixels, seconds of CPU).
+    max_decode_pixels: int = Field(16_777_216, ge=1)
     max_text_chars: int = Field(1000, ge=1)
+    # page offset + top_k may not exceed these (INVALID_ARGUMENT beyond): deep pages are
+    # ranked from the top, so they bound the work of one request. Diversified results
+    # (MMR, O(k * candidates)) are bounded more tightly.
+    max_result_window: int = Field(1000, ge=1, le=10_000)
+    max_diversify_window: int = Field(300, ge=1, le=10_000)
     hnsw_ef: int = Field(128, ge=8)
     # Query photos that are JPEGs are decoded at a reduced scale (JPEG draft mode, a power
     # of 2) keeping both sides >= this many pixels; 0 decodes at full size.
     query_image_draft_px: int = Field(448, ge=0)
+
+
+class LimitsSettings(BaseModel):
+    # Expensive calls (photo searches, diversified searches, match, restock) run at
+    # most this many at a time (0: half the CPU cores, at least 1); up to `heavy_queue` more
+    # wait for a slot within their deadline, any further one gets RESOURCE_EXHAUSTED at once.
+    # Health checks and cheap calls (text search, reads, stock updates) are never queued.
+    heavy_concurrency: int = Field(0, ge=0, le=1024)
+    heavy_queue: int = Field(8, ge=0, le=100_000)
 
 
 class AuthSettings(BaseModel):
@@ -133,6 +151,7 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     encoder: EncoderSettings = EncoderSettings()
     search: SearchSettings = SearchSettings()
+    limits: LimitsSettings = LimitsSettings()
     auth: AuthSettings = AuthSettings()
     tls: TlsSettings = TlsSettings()
 
@@ -163,6 +182,10 @@ class Settings(BaseSettings):
     def _safe(self) -> Settings:
         if self.search.default_top_k > self.search.max_top_k:
             raise ValueError("search.default_top_k must not exceed search.max_top_k")
+        if self.search.max_top_k > min(self.search.max_result_window,
+                                       self.search.max_diversify_window):
+            raise ValueError("search.max_top_k must not exceed search.max_result_window "
+                             "or search.max_diversify_window")
         url = self.database_url.get_secret_value()
         if url and not url.startswith(("sqlite", "postgresql")):
             raise ValueError("database_url must be a sqlite:// or postgresql:// URL")

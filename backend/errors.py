@@ -41,3 +41,15 @@ class ConfigError(DomainError):
 
 class StoreBusy(DomainError):
     """Another process owns the embedded store (one process per shard directory)."""
+
+
+ECHO_LIMIT = 64
+
+
+def shown(value: object, limit: int = ECHO_LIMIT) -> str:
+    """`repr(value)` for an error message, cut to about `limit` characters: a message that
+    echoed a whole 100 KB input would not fit in the reply's metadata."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...({len(str(value))} characters)"

@@ -91,6 +91,9 @@ def _session(model_path: Path, threads: int) -> Any:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    # Idle pool threads sleep instead of spinning for more work: on a server the cores are
+    # shared with request handling, which spinning threads would slow down for nothing.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
 
 

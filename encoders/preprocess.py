@@ -8,8 +8,12 @@ source mode, so the models never see CMYK, 16-bit, palette or alpha data.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import io
 import os
+import threading
+import time
 import warnings
 from collections.abc import Sequence
 from urllib.parse import unquote, urlparse
@@ -32,6 +36,8 @@ __all__ = [
 
 DEFAULT_MAX_BYTES = 10_485_760
 DEFAULT_MAX_PIXELS = 40_000_000
+# Above this many decoded pixels, freed memory is handed back to the OS after the decode.
+_TRIM_ABOVE_PIXELS = 4_000_000
 
 # The EfficientNet-Lite weights were converted from the TensorFlow release, whose builder
 # (efficientnet/lite/efficientnet_lite_builder.py) normalises with MEAN_RGB=127 and
@@ -61,15 +67,21 @@ def decode_image(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft_px: int = 0,
+    max_decode_pixels: int | None = None,
 ) -> Image.Image:
     """Decode untrusted bytes into an RGB image (EXIF orientation applied).
 
-    `draft_px` > 0: a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, far
-    cheaper than decoding in full and resizing) as long as both sides stay >= `draft_px`.
+    `draft_px` > 0: the result is reduced (by a whole factor, keeping both sides >=
+    `draft_px`) as cheaply as the format allows: a JPEG is decoded at 1/2, 1/4 or 1/8 scale
+    (libjpeg's DCT scaling, far cheaper than decoding in full), other formats are box-reduced
+    right after decoding, so later steps never work on more pixels than they need.
+
+    `max_decode_pixels`: the most pixels actually decoded. A JPEG above it is decoded at a
+    smaller DCT scale when one fits; any other image above it is refused from its header
+    size, before any pixel data is decompressed (a 35 KB PNG can declare 36 megapixels).
 
     Raises ImageDecodeError for empty, over-size, unknown, corrupt or truncated data and for
-    images with more than `max_pixels` pixels; the pixel count is checked from the header,
-    before any pixel data is decompressed.
+    images with more than `max_pixels` pixels; both pixel counts are checked from the header.
     """
     if not data:
         raise ImageDecodeError("image is empty")
@@ -99,16 +111,72 @@ def decode_image(
             f"image is {width}x{height} = {width * height} pixels, "
             f"more than the limit of {max_pixels}"
         )
-    if draft_px > 0 and img.format == "JPEG" and min(width, height) >= 2 * draft_px:
-        with contextlib.suppress(Exception):
-            img.draft("RGB", (draft_px, draft_px))
+    decode_limit = max_pixels if max_decode_pixels is None else min(max_pixels,
+                                                                     max_decode_pixels)
+    if img.format == "JPEG":
+        scale = _jpeg_scale(width, height, draft_px, decode_limit)
+        if scale > 1:
+            with contextlib.suppress(Exception):
+                # draft() picks the largest power-of-2 scale with a result >= the size asked
+                # for: ask for the floor, or an odd width would fall back to full size.
+                img.draft("RGB", (max(1, width // scale), max(1, height // scale)))
+    decoded_w, decoded_h = img.size
+    if decoded_w * decoded_h > decode_limit:
+        raise ImageDecodeError(
+            f"image is {width}x{height} = {width * height} pixels; at most {decode_limit} "
+            f"pixels are decoded: send a smaller image"
+        )
     try:
         # Animated GIF/WebP/APNG: the file is positioned on frame 0 after open; load() reads
         # that frame only. load() forces the full decode so truncation surfaces here.
         img.load()
     except Exception as exc:
         raise ImageDecodeError("image data is truncated or corrupt") from exc
-    return to_rgb(img)
+    rgb = to_rgb(img)
+    del img
+    if draft_px > 0 and min(rgb.size) >= 2 * draft_px:
+        rgb = rgb.reduce(min(rgb.size) // draft_px)
+    if decoded_w * decoded_h > _TRIM_ABOVE_PIXELS:
+        release_free_memory()
+    return rgb
+
+
+def _jpeg_scale(width: int, height: int, draft_px: int, decode_limit: int) -> int:
+    """The JPEG DCT scale (1, 2, 4 or 8) to decode at: as small as `draft_px` allows, and
+    small enough to stay within `decode_limit` pixels when any scale can."""
+    scale = 1
+    while draft_px > 0 and scale < 8 and min(width, height) // (2 * scale) >= draft_px:
+        scale *= 2
+    while scale < 8 and -(-width // scale) * -(-height // scale) > decode_limit:
+        scale *= 2
+    return scale
+
+
+_libc: ctypes.CDLL | None = None
+_trim_lock = threading.Lock()
+_last_trim = 0.0
+
+
+def release_free_memory(min_interval_s: float = 1.0) -> None:
+    """Hand memory freed by large decodes back to the OS (glibc `malloc_trim`), at most once
+    per `min_interval_s`. Without it, big buffers freed in worker threads stay in glibc's
+    per-thread arenas and the process size only ever grows after a run of large images."""
+    global _libc, _last_trim
+    now = time.monotonic()
+    if now - _last_trim < min_interval_s or not _trim_lock.acquire(blocking=False):
+        return
+    try:
+        _last_trim = now
+        if _libc is None:
+            name = ctypes.util.find_library("c")
+            if name is None:
+                return
+            _libc = ctypes.CDLL(name)
+        trim = getattr(_libc, "malloc_trim", None)  # glibc only
+        if trim is not None:
+            trim(0)
+    finally:
+        _trim_lock.release()
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

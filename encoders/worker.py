@@ -1,7 +1,9 @@
 """The in-process encoder worker: a ProductEncoder behind a DynamicBatcher.
 
 Queries go through `encode` (batched across concurrent requests, bounded queue); bulk
-indexing goes through `encode_many` (direct, fixed-size chunks, no queue). The same object
+indexing goes through `encode_many` (direct, fixed-size chunks, no queue). Text-only queries
+have their own batcher (and thread): a text search costs milliseconds and must not wait
+behind a batch of photos, which can take hundreds on a CPU. The same object
 can back a standalone EncoderService on a GPU host.
 """
 
@@ -37,6 +39,9 @@ class EncoderWorker:
         self.batcher: DynamicBatcher[_Request, Vectors] = DynamicBatcher(
             self._run_batch, max_batch_size, max_wait_ms, max_queue, name
         )
+        self.text_batcher: DynamicBatcher[_Request, Vectors] = DynamicBatcher(
+            self._run_batch, max_batch_size, max_wait_ms, max_queue, f"{name}-text"
+        )
 
     @property
     def model_version(self) -> str:
@@ -48,7 +53,7 @@ class EncoderWorker:
 
     @property
     def queue_depth(self) -> int:
-        return self.batcher.queue_depth
+        return self.batcher.queue_depth + self.text_batcher.queue_depth
 
     @property
     def on_batch(self) -> Callable[[int], None] | None:
@@ -57,24 +62,28 @@ class EncoderWorker:
     @on_batch.setter
     def on_batch(self, hook: Callable[[int], None] | None) -> None:
         self.batcher.on_batch = hook
+        self.text_batcher.on_batch = hook
 
     def start(self) -> None:
         """Load and warm up the models, then start the batch thread. Blocking (seconds):
         from async code, `await asyncio.to_thread(worker.start)`."""
         self.encoder.load()
         self.batcher.start()
+        self.text_batcher.start()
 
     async def stop(self) -> None:
-        """Finish the requests already queued, then stop the batch thread."""
+        """Finish the requests already queued, then stop the batch threads."""
         await self.batcher.stop()
+        await self.text_batcher.stop()
 
     async def encode(self, image: Image | None, text: str | None) -> Vectors:
         """Vectors for one query: "image" and/or "text" (whichever inputs were given)."""
         if image is None and text is None:
             raise ValueError("nothing to encode: give an image, a text or both")
-        if image is not None:
-            # Resize on a pool thread so it overlaps the batch thread's forward pass.
-            image = await asyncio.to_thread(self.encoder.prepare_image, image)
+        if image is None:
+            return await self.text_batcher.submit((None, text))
+        # Resize on a pool thread so it overlaps the batch thread's forward pass.
+        image = await asyncio.to_thread(self.encoder.prepare_image, image)
         return await self.batcher.submit((image, text))
 
     def encode_many(

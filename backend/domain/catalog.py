@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from backend.domain.types import ProductInput
-from backend.errors import InvalidInput, PermissionDenied
+from backend.errors import InvalidInput, PermissionDenied, shown
 from backend.security import Role
 from backend.security import current as current_principal
 from backend.stores.catalog.repository import CatalogRepository, InventoryChange, UpsertOutcome
@@ -92,11 +92,12 @@ class CatalogService:
                 decode_image(data, max_bytes=self._max_image_bytes,
                              max_pixels=self._max_image_pixels)
             except ValueError as exc:
-                raise InvalidInput(f"product {index} ({item.sku!r}) image {n}: {exc}") from exc
+                raise InvalidInput(f"product {index} ({shown(item.sku)}) image {n}: {exc}") from exc
         for uri in item.images:
             path = Path(uri.removeprefix("file://"))
             if not path.is_file():
-                raise InvalidInput(f"product {index} ({item.sku!r}): image {uri!r} not found")
+                raise InvalidInput(
+                    f"product {index} ({shown(item.sku)}): image {shown(uri)} not found")
 
     def _wake_indexer(self) -> None:
         if self._on_write is not None:

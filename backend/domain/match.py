@@ -136,7 +136,9 @@ class MatchService:
         calibration = self.calibration()
         images = [
             await asyncio.to_thread(decode_image, data, max_bytes=self._settings.max_image_bytes,
-                                    max_pixels=self._settings.max_image_pixels)
+                                    max_pixels=self._settings.max_image_pixels,
+                                    max_decode_pixels=self._settings.max_decode_pixels,
+                                    draft_px=self._settings.query_image_draft_px)
             for data in listing.images
         ]
         vectors = await encode_listing(self._encoder, images, listing.text())

@@ -112,7 +112,8 @@ class RestockService:
             raise InvalidInput("top_k must be between 1 and 20")
         image = await asyncio.to_thread(
             decode_image, photo, max_bytes=self._settings.max_image_bytes,
-            max_pixels=self._settings.max_image_pixels)
+            max_pixels=self._settings.max_image_pixels,
+            max_decode_pixels=self._settings.max_decode_pixels)
         regions = await asyncio.to_thread(proposals, image)
         encoded = await asyncio.gather(*(self._encoder.encode(crop, None) for _, crop in regions))
         collection = await asyncio.to_thread(self._vectors.resolve, self._collection)

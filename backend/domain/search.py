@@ -6,16 +6,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL.Image import Image
 
 from backend.config import SearchSettings
+from backend.domain.mmr import mmr
 from backend.domain.payload import normalise_filters
 from backend.domain.ports import VectorEncoder
 from backend.domain.types import Filters, SearchHit, SearchResult
-from backend.errors import InvalidInput, NotFound, NotReady
+from backend.errors import InvalidInput, NotFound, NotReady, shown
 from backend.security import Role
 from backend.security import current as current_principal
 from backend.stores.catalog.repository import CatalogRepository
@@ -26,7 +28,8 @@ from encoders.preprocess import decode_image
 # Points are per product image; fetch more than asked so that several images of one product
 # still leave top_k distinct products after grouping.
 _GROUP_OVERFETCH = 3
-_MMR_LAMBDA = 0.7
+# Diversified results are picked from this many candidates per result of the window.
+_MMR_POOL = 4
 
 
 @dataclass
@@ -85,6 +88,7 @@ class SearchService:
         if not self.ready:
             raise NotReady("the service is warming up; retry shortly")
         offset = decode_page_token(query.page_token)
+        self._check_window(offset, top_k, query.diversify)
         # The caller's scope (a storefront key: listed products + its merchants' own) becomes
         # part of the filter, so it is applied inside the vector query.
         principal = current_principal()
@@ -93,11 +97,11 @@ class SearchService:
             source = await asyncio.to_thread(self._catalog.get_products, [query.product_id])
             if query.product_id not in source or not principal.can_see(
                     source[query.product_id]):
-                raise NotFound(f"product {query.product_id!r} is not indexed")
+                raise NotFound(f"product {shown(query.product_id)} is not indexed")
         if filters.category and not await asyncio.to_thread(
             self._catalog.category_exists, filters.category
         ):
-            raise NotFound(f"unknown category {query.filters.category!r}")
+            raise NotFound(f"unknown category {shown(query.filters.category)}")
         reflected = await asyncio.to_thread(self._catalog.indexed_version)
         if query.min_catalog_version > reflected:
             raise NotReady(
@@ -108,11 +112,14 @@ class SearchService:
         collection = await asyncio.to_thread(self._vectors.resolve, self._collection)
         limit = (offset + top_k) * _GROUP_OVERFETCH
         if query.diversify:
-            limit = max(limit, 4 * (offset + top_k))
+            # Always the same candidate pool, whatever the page: MMR picks greedily, so every
+            # page is then a slice of one ranking (no repeats or gaps between pages).
+            limit = max(limit, _MMR_POOL * self._settings.max_diversify_window)
         points, vector_name = await self._candidates(query, filters, collection, limit)
-        ranked = _best_per_product(points)
+        ranked = await asyncio.to_thread(_best_per_product, points)
+        available = len(ranked)  # MMR returns only offset + top_k: count before it
         if query.diversify and vector_name:
-            ranked = _mmr(ranked, vector_name, offset + top_k)
+            ranked = await _diversify(ranked, vector_name, offset + top_k)
         page = ranked[offset : offset + top_k]
         products = await asyncio.to_thread(
             self._catalog.get_products, [p.payload.product_id for p in page]
@@ -128,13 +135,24 @@ class SearchService:
             if p.payload.product_id in products
             and principal.can_see(products[p.payload.product_id])
         ]
-        more = len(ranked) > offset + top_k
+        more = available > offset + top_k
         return SearchResult(
             hits=hits,
             next_page_token=encode_page_token(offset + top_k) if more else "",
             model_version=self._encoder.model_version,
             catalog_version=reflected,
         )
+
+    def _check_window(self, offset: int, top_k: int, diversify: bool) -> None:
+        """Bound the work one request can cause: results are ranked from the top each time,
+        so paging deep costs as much as asking for offset + top_k results at once."""
+        window = (self._settings.max_diversify_window if diversify
+                  else self._settings.max_result_window)
+        if offset + top_k > window:
+            what = "diversified results" if diversify else "results"
+            raise InvalidInput(
+                f"page offset + top_k is {offset + top_k}; at most the first {window} "
+                f"{what} can be paged through (narrow the query with filters instead)")
 
     def validate(self, query: SearchQuery) -> int:
         """Reject bad requests before any work is done; returns the effective top_k."""
@@ -170,7 +188,7 @@ class SearchService:
                 name = "text"
                 vector = await self._product_vector(query.product_id, collection, name)
             if vector is None:
-                raise NotFound(f"product {query.product_id!r} is not indexed")
+                raise NotFound(f"product {shown(query.product_id)} is not indexed")
             filters.exclude_product_ids = [*filters.exclude_product_ids, query.product_id]
             points = await asyncio.to_thread(
                 self._vectors.search, collection, name, vector, filters, limit, 0, with_vectors
@@ -185,6 +203,7 @@ class SearchService:
                 max_bytes=self._settings.max_image_bytes,
                 max_pixels=self._settings.max_image_pixels,
                 draft_px=self._settings.query_image_draft_px,
+                max_decode_pixels=self._settings.max_decode_pixels,
             )
             views = await asyncio.to_thread(query_views, image)
         text = query.text.strip() or None
@@ -257,25 +276,21 @@ def _best_per_product(points: list[ScoredPoint]) -> list[ScoredPoint]:
     """Keep the best-scoring image of each product, in score order."""
     seen: set[str] = set()
     out: list[ScoredPoint] = []
-    for point in sorted(points, key=lambda p: -p.score):
+    # Ties broken by product id: equal scores (identical titles) must rank the same way on
+    # every call, or pages (and diversified picks) would differ from call to call.
+    for point in sorted(points, key=lambda p: (-p.score, p.payload.product_id)):
         if point.payload.product_id not in seen:
             seen.add(point.payload.product_id)
             out.append(point)
     return out
 
 
-def _mmr(points: list[ScoredPoint], name: str, k: int) -> list[ScoredPoint]:
-    """Maximal marginal relevance: trade a little similarity for results that differ."""
-    candidates = [p for p in points if name in p.vectors]
-    chosen: list[ScoredPoint] = []
-    while candidates and len(chosen) < k:
-        def gain(p: ScoredPoint) -> float:
-            redundancy = max(
-                (float(np.dot(p.vectors[name], c.vectors[name])) for c in chosen), default=0.0
-            )
-            return _MMR_LAMBDA * p.score - (1 - _MMR_LAMBDA) * redundancy
-
-        best = max(candidates, key=gain)
-        chosen.append(best)
-        candidates.remove(best)
-    return chosen
+async def _diversify(points: list[ScoredPoint], name: str, k: int) -> list[ScoredPoint]:
+    """MMR in a worker thread (never on the event loop), told to stop when the call is
+    cancelled or its deadline passes (both cancel this coroutine)."""
+    stop = threading.Event()
+    try:
+        return await asyncio.to_thread(mmr, points, name, k, stop=stop)
+    except asyncio.CancelledError:
+        stop.set()
+        raise

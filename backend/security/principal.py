@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from backend.domain.types import Filters, Product
-from backend.errors import PermissionDenied
+from backend.errors import PermissionDenied, shown
 
 
 class Role(enum.StrEnum):
@@ -62,7 +62,7 @@ class Principal:
         if self.role is Role.WAREHOUSE and _norm(warehouse) in {
                 _norm(w) for w in self.warehouses}:
             return
-        raise PermissionDenied(f"this key may not change stock in warehouse {warehouse!r}")
+        raise PermissionDenied(f"this key may not change stock in warehouse {shown(warehouse)}")
 
     def require_role(self, *roles: Role) -> None:
         if self.role is not Role.ADMIN and self.role not in roles:

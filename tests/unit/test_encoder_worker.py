@@ -312,3 +312,37 @@ def test_image_bytes_match_decoded_image(real: _Served) -> None:
     vec = np.frombuffer(reply.vectors["image"].data, dtype="<f4")
     local = real.worker.encode_many([Image.open(io.BytesIO(data)).convert("RGB")], [None])[0]
     np.testing.assert_allclose(vec, local["image"], atol=1e-5)
+
+
+class _SlowPhotosEncoder(FakeEncoder):
+    """Photo batches take a while; text-only batches are instant."""
+
+    def encode_batch(
+        self, images: list[Image.Image | None], texts: list[str | None]
+    ) -> list[dict[str, np.ndarray]]:
+        if any(i is not None for i in images):
+            time.sleep(0.5)
+        return super().encode_batch(images, texts)
+
+
+def test_text_queries_do_not_wait_behind_a_photo_batch() -> None:
+    worker = EncoderWorker(_SlowPhotosEncoder(), max_batch_size=8,  # type: ignore[arg-type]
+                           max_wait_ms=0, max_queue=16)
+    worker.start()
+    finished: list[str] = []
+
+    async def scenario() -> None:
+        async def photo() -> None:
+            await worker.encode(Image.new("RGB", (32, 32)), None)
+            finished.append("photo")
+
+        async def text() -> None:
+            await asyncio.sleep(0.05)  # the photo batch is running by now
+            await worker.encode(None, "lamp")
+            finished.append("text")
+
+        await asyncio.gather(photo(), text())
+        await worker.stop()
+
+    asyncio.run(scenario())
+    assert finished == ["text", "photo"]

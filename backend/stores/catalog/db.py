@@ -33,7 +33,11 @@ def make_engine(url: str | URL, *, sqlite_foreign_keys: bool = True, **kwargs: A
     parent table with foreign keys on would cascade-delete child rows.
 
     PostgreSQL: pool_pre_ping, so connections dropped by the server or a proxy are replaced.
+
+    Both: hide_parameters, so that a database error (in a log line, a traceback or an
+    exception message) never shows the values of a statement: they are client input.
     """
+    kwargs.setdefault("hide_parameters", True)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session, joinedload, selectinload
 
 from backend.domain.types import ImageRef, Product, ProductInput, StockLevel
-from backend.errors import AlreadyExists, InvalidInput, NotFound
+from backend.errors import AlreadyExists, InvalidInput, NotFound, shown
 from backend.stores.catalog.db import reader, session_factory
 from backend.stores.catalog.models import (
     ApiKey,
@@ -147,7 +147,7 @@ class _Normalised:
 
 def _text(name: str, value: object, *, sku: str = "", required: bool = False,
           max_len: int | None = _MAX_SHORT) -> str:
-    where = f" (sku {sku!r})" if sku else ""
+    where = f" (sku {shown(sku)})" if sku else ""
     if not isinstance(value, str):
         raise InvalidInput(f"{name} must be a string{where}")
     value = value.strip()
@@ -164,7 +164,7 @@ def normalise_category(path: str) -> str:
 
 
 def _price(value: object, *, sku: str = "") -> float:
-    where = f" (sku {sku!r})" if sku else ""
+    where = f" (sku {shown(sku)})" if sku else ""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidInput(f"price must be a number{where}")
     price = float(value)
@@ -176,12 +176,12 @@ def _price(value: object, *, sku: str = "") -> float:
 def _currency(value: object, *, sku: str = "") -> str:
     text = _text("currency", value, sku=sku).upper() or _DEFAULT_CURRENCY
     if len(text) != 3 or not text.isascii() or not text.isalpha():
-        raise InvalidInput(f"currency must be an ISO 4217 code like 'EUR', got {text!r}")
+        raise InvalidInput(f"currency must be an ISO 4217 code like 'EUR', got {shown(text)}")
     return text
 
 
 def _count(name: str, value: object, *, sku: str = "") -> int:
-    where = f" (sku {sku!r})" if sku else ""
+    where = f" (sku {shown(sku)})" if sku else ""
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f"{name} must be an integer{where}")
     if value < 0 or value > _MAX_INT32:
@@ -194,7 +194,7 @@ def _normalise_input(item: ProductInput) -> _Normalised:
     merchant = _text("merchant", item.merchant, required=True, sku=sku)
     category = normalise_category(_text("category", item.category, sku=sku, max_len=None))
     if len(category) > 1024 or any(len(s) > _MAX_SHORT for s in category.split("/")):
-        raise InvalidInput(f"category path is too long (sku {sku!r})")
+        raise InvalidInput(f"category path is too long (sku {shown(sku)})")
     images = tuple(_text("image uri", uri, required=True, sku=sku, max_len=None)
                    for uri in item.images)
     levels: dict[tuple[str, str], StockLevel] = {}
@@ -202,7 +202,7 @@ def _normalise_input(item: ProductInput) -> _Normalised:
         warehouse = _text("warehouse", level.warehouse, required=True, sku=sku)
         bin_ = _text("bin", level.bin, sku=sku)
         if (warehouse, bin_) in levels:
-            raise InvalidInput(f"duplicate inventory row {warehouse}/{bin_} (sku {sku!r})")
+            raise InvalidInput(f"duplicate inventory row {warehouse}/{bin_} (sku {shown(sku)})")
         levels[(warehouse, bin_)] = StockLevel(
             warehouse, bin_, _count("quantity", level.quantity, sku=sku),
             _count("reorder_point", level.reorder_point, sku=sku))
@@ -210,8 +210,8 @@ def _normalise_input(item: ProductInput) -> _Normalised:
     for key, value in item.attributes.items():
         k = _text("attribute key", key, required=True, sku=sku)
         if k in attributes:
-            raise InvalidInput(f"duplicate attribute {k!r} (sku {sku!r})")
-        attributes[k] = _text(f"attribute {k!r}", value, sku=sku, max_len=None)
+            raise InvalidInput(f"duplicate attribute {shown(k)} (sku {shown(sku)})")
+        attributes[k] = _text(f"attribute {shown(k)}", value, sku=sku, max_len=None)
     return _Normalised(
         merchant=merchant, sku=sku,
         title=_text("title", item.title, required=True, sku=sku, max_len=None),
@@ -346,7 +346,7 @@ class CatalogRepository:
         seen: set[tuple[str, str]] = set()
         for n in normalised:
             if (n.merchant, n.sku) in seen:
-                raise InvalidInput(f"duplicate sku {n.sku!r} for merchant {n.merchant!r} "
+                raise InvalidInput(f"duplicate sku {shown(n.sku)} for merchant {shown(n.merchant)} "
                                    "in one batch")
             seen.add((n.merchant, n.sku))
         if not normalised:
@@ -459,7 +459,7 @@ class CatalogRepository:
                     records[rec.id] = rec
             missing = [pid for pid in wanted if pid not in records]
             if missing:
-                raise NotFound(f"product {missing[0]!r} not found")
+                raise NotFound(f"product {shown(missing[0])} not found")
 
             for change in checked:
                 rec = records[change.product_id]
@@ -502,7 +502,7 @@ class CatalogRepository:
         pid = _text("product_id", change.product_id, required=True)
         stock = change.quantity is not None or change.reorder_point is not None
         if not stock and change.price is None and change.currency is None:
-            raise InvalidInput(f"inventory update for {pid!r} changes nothing")
+            raise InvalidInput(f"inventory update for {shown(pid)} changes nothing")
         return InventoryChange(
             product_id=pid,
             warehouse=_text("warehouse", change.warehouse, required=stock),
@@ -605,7 +605,7 @@ class CatalogRepository:
     def get_product(self, product_id: str) -> Product:
         product = self.get_products([product_id]).get(product_id)
         if product is None:
-            raise NotFound(f"product {product_id!r} not found")
+            raise NotFound(f"product {shown(product_id)} not found")
         return product
 
     def find_by_sku(self, merchant: str, sku: str) -> Product | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from backend.domain import types as d
 from backend.domain.match import Listing
 from backend.domain.search import SearchQuery
-from backend.errors import InvalidInput
+from backend.errors import InvalidInput, shown
 from backend.stores.catalog.repository import InventoryChange
 from backend.transport.grpc.generated.product_search.v1 import product_search_pb2 as pb
 
@@ -37,7 +37,7 @@ def filters_from_pb(msg: pb.Filters) -> d.Filters:
         target = _WHERE_TO_LIST.get(key.strip().lower())
         if target is None:
             known = ", ".join(sorted(set(_WHERE_TO_LIST) - {"color"}))
-            raise InvalidInput(f"unknown filter field {key!r}; filterable fields: {known}")
+            raise InvalidInput(f"unknown filter field {shown(key)}; filterable fields: {known}")
         getattr(filters, target).append(value)
     return filters
 
@@ -88,7 +88,7 @@ def stock_to_pb(level: d.StockLevel) -> pb.StockLevel:
 def product_input_from_pb(msg: pb.Product) -> d.ProductInput:
     for level in msg.inventory:
         if level.quantity < 0 or level.reorder_point < 0:
-            raise InvalidInput(f"product {msg.sku!r}: negative inventory quantity")
+            raise InvalidInput(f"product {shown(msg.sku)}: negative inventory quantity")
     return d.ProductInput(
         sku=msg.sku.strip(),
         merchant=msg.merchant.strip(),

@@ -29,6 +29,9 @@ ERROR_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 )
 
 INTERNAL_MESSAGE = "internal error; the server log has the details"
+# Status details travel in the reply's trailing metadata: keep them far below its size limit
+# whatever a message echoes.
+MAX_MESSAGE_CHARS = 1024
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -39,5 +42,11 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
                 return code, "server is at capacity; retry with backoff"
             if isinstance(exc, TimeoutError):
                 return code, "deadline exceeded"
-            return code, str(exc) or error_type.__name__
+            return code, _clamp(str(exc) or error_type.__name__)
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+
+
+def _clamp(message: str) -> str:
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return message[: MAX_MESSAGE_CHARS - 3] + "..."

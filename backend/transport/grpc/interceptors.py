@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 import re
 import time
@@ -19,9 +20,16 @@ from typing import Any
 import grpc
 
 from backend import metrics
-from backend.errors import DomainError, PermissionDenied, Unauthenticated
+from backend.errors import (
+    DomainError,
+    InvalidInput,
+    Overloaded,
+    PermissionDenied,
+    Unauthenticated,
+)
 from backend.security import ApiKeys, Principal, Role, reset_current, set_current
 from backend.security.principal import UNRESTRICTED
+from backend.transport.grpc import edge
 from backend.transport.grpc.errors import status_for
 
 log = logging.getLogger("prodsearch.calls")
@@ -142,10 +150,13 @@ def _presented_key(md: Mapping[str, str]) -> str:
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    """Auth (when `keys` is given), deadlines and call logging for every protected method."""
+    """Auth (when `keys` is given), deadlines, request checks (edge.py), the limit on
+    expensive calls (`gate`) and call logging for every protected method. Open methods
+    (health, reflection) get the malformed-bytes check only."""
 
-    def __init__(self, keys: ApiKeys | None) -> None:
+    def __init__(self, keys: ApiKeys | None, gate: edge.HeavyWorkGate | None = None) -> None:
         self._keys = keys
+        self._gate = gate
 
     async def intercept_service(
         self,
@@ -154,8 +165,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(OPEN_PREFIXES):
+        if handler is None:
             return handler
+        if method.startswith(OPEN_PREFIXES):
+            return _wrap_open(handler, method)
         return _wrap(handler, self._guard(method, _metadata(handler_call_details)))
 
     async def authorise(self, method: str, md: Mapping[str, str]) -> Principal:
@@ -169,14 +182,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         return principal
 
     def _guard(self, method: str, md: Mapping[str, str]) -> _Guard:
-        return _Guard(self, method, md)
+        return _Guard(self, method, md, self._gate)
 
 
 class _Guard:
     """Runs one call: request id, auth, principal, deadline, log line."""
 
-    def __init__(self, owner: ServerInterceptor, method: str, md: Mapping[str, str]) -> None:
-        self.owner, self.method, self.md = owner, method, md
+    def __init__(self, owner: ServerInterceptor, method: str, md: Mapping[str, str],
+                 gate: edge.HeavyWorkGate | None = None) -> None:
+        self.owner, self.method, self.md, self.gate = owner, method, md, gate
 
     def _rid(self) -> str:
         given = self.md.get(REQUEST_ID_HEADER, "")
@@ -242,12 +256,20 @@ def _code_of(context: grpc.aio.ServicerContext, exc: BaseException | None) -> gr
 
 def _wrap(handler: grpc.RpcMethodHandler, guard: _Guard) -> grpc.RpcMethodHandler:
     async def unary_response(behaviour: Callable[..., Awaitable[Any]], request: Any,
-                             context: grpc.aio.ServicerContext) -> Any:
+                             context: grpc.aio.ServicerContext, streamed: bool) -> Any:
         tokens, start, timeout = await guard.enter(context)
         error: BaseException | None = None
         try:
             async with asyncio.timeout(timeout):
-                return await behaviour(request, context)
+                request = await _checked(guard.method, request, context, streamed)
+                gate = guard.gate if edge.is_expensive(guard.method, request) else None
+                if gate is not None:
+                    await _admit(gate, context)
+                try:
+                    return await behaviour(request, context)
+                finally:
+                    if gate is not None:
+                        gate.release()
         except TimeoutError as exc:
             # The deadline passed: the handler's awaits were cancelled (queued encoder work
             # is dropped); the client already sees DEADLINE_EXCEEDED.
@@ -262,10 +284,12 @@ def _wrap(handler: grpc.RpcMethodHandler, guard: _Guard) -> grpc.RpcMethodHandle
             guard.exit(tokens, start, code)
 
     async def stream_response(behaviour: Callable[..., Any], request: Any,
-                              context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                              context: grpc.aio.ServicerContext,
+                              streamed: bool) -> AsyncIterator[Any]:
         tokens, start, _ = await guard.enter(context)
         error: BaseException | None = None
         try:
+            request = await _checked(guard.method, request, context, streamed)
             async for item in behaviour(request, context):
                 yield item
         except BaseException as exc:
@@ -279,33 +303,135 @@ def _wrap(handler: grpc.RpcMethodHandler, guard: _Guard) -> grpc.RpcMethodHandle
         inner_uu = handler.unary_unary
 
         async def uu(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            return await unary_response(inner_uu, request, context)
+            return await unary_response(inner_uu, request, context, False)
 
         return grpc.unary_unary_rpc_method_handler(
-            uu, handler.request_deserializer, handler.response_serializer)
+            uu, edge.safe_deserializer(handler.request_deserializer),
+            handler.response_serializer)
     if handler.stream_unary is not None:
         inner_su = handler.stream_unary
 
         async def su(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            return await unary_response(inner_su, requests, context)
+            return await unary_response(inner_su, requests, context, True)
 
         return grpc.stream_unary_rpc_method_handler(
-            su, handler.request_deserializer, handler.response_serializer)
+            su, edge.safe_deserializer(handler.request_deserializer),
+            handler.response_serializer)
     if handler.unary_stream is not None:
         inner_us = handler.unary_stream
 
         async def us(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async for item in stream_response(inner_us, request, context):
+            async for item in stream_response(inner_us, request, context, False):
                 yield item
 
         return grpc.unary_stream_rpc_method_handler(
-            us, handler.request_deserializer, handler.response_serializer)
+            us, edge.safe_deserializer(handler.request_deserializer),
+            handler.response_serializer)
     inner_ss = handler.stream_stream
     assert inner_ss is not None
 
     async def ss(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for item in stream_response(inner_ss, requests, context):
+        async for item in stream_response(inner_ss, requests, context, True):
             yield item
 
     return grpc.stream_stream_rpc_method_handler(
-        ss, handler.request_deserializer, handler.response_serializer)
+        ss, edge.safe_deserializer(handler.request_deserializer),
+        handler.response_serializer)
+
+
+async def _checked(method: str, request: Any, context: grpc.aio.ServicerContext,
+                   streamed: bool) -> Any:
+    """The request once edge.py's checks pass (a stream: checked message by message as the
+    handler reads it); otherwise the call ends with INVALID_ARGUMENT here."""
+    if streamed:
+        return _aborting_stream(method, request, context)
+    try:
+        if request is edge.MALFORMED:
+            raise edge.refuse_malformed(method)
+        edge.check_message(request)
+    except InvalidInput as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, status_for(exc)[1])
+    return request
+
+
+async def _aborting_stream(method: str, requests: AsyncIterator[Any],
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    try:
+        async for message in edge.checked_stream(requests, method):
+            yield message
+    except InvalidInput as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, status_for(exc)[1])
+
+
+async def _admit(gate: edge.HeavyWorkGate, context: grpc.aio.ServicerContext) -> None:
+    try:
+        await gate.acquire()
+    except Overloaded as exc:
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, status_for(exc)[1])
+
+
+def _wrap_open(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """Open methods (health, reflection): no auth, but malformed bytes still answer
+    INVALID_ARGUMENT without a traceback."""
+
+    async def refuse(context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            status_for(edge.refuse_malformed(method))[1])
+
+    async def messages(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+                       ) -> AsyncIterator[Any]:
+        async for message in requests:
+            if message is edge.MALFORMED:
+                await refuse(context)
+            yield message
+
+    deserialize = edge.safe_deserializer(handler.request_deserializer)
+    serialize = handler.response_serializer
+    if handler.unary_unary is not None:
+        inner_uu: Any = handler.unary_unary
+
+        async def uu(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if request is edge.MALFORMED:
+                await refuse(context)
+            return await inner_uu(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(uu, deserialize, serialize)
+    if handler.unary_stream is not None:
+        inner_us: Any = handler.unary_stream
+
+        if not inspect.isasyncgenfunction(inner_us):  # writes with context.write (Watch)
+            async def us_writer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if request is edge.MALFORMED:
+                    await refuse(context)
+                return await inner_us(request, context)
+
+            return grpc.unary_stream_rpc_method_handler(us_writer, deserialize, serialize)
+
+        async def us(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if request is edge.MALFORMED:
+                await refuse(context)
+            async for item in inner_us(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(us, deserialize, serialize)
+    if handler.stream_unary is not None:
+        inner_su: Any = handler.stream_unary
+
+        async def su(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await inner_su(messages(requests, context), context)
+
+        return grpc.stream_unary_rpc_method_handler(su, deserialize, serialize)
+    inner_ss: Any = handler.stream_stream
+    assert inner_ss is not None
+
+    if not inspect.isasyncgenfunction(inner_ss):
+        async def ss_writer(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await inner_ss(messages(requests, context), context)
+
+        return grpc.stream_stream_rpc_method_handler(ss_writer, deserialize, serialize)
+
+    async def ss(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for item in inner_ss(messages(requests, context), context):
+            yield item
+
+    return grpc.stream_stream_rpc_method_handler(ss, deserialize, serialize)

@@ -19,7 +19,7 @@ from backend.app import App
 from backend.config import TlsSettings
 from backend.domain.indexer_health import IndexerHealth
 from backend.security import ApiKeys
-from backend.transport.grpc import interceptors
+from backend.transport.grpc import edge, interceptors
 from backend.transport.grpc.generated.product_search.v1 import product_search_pb2 as pb
 from backend.transport.grpc.generated.product_search.v1 import product_search_pb2_grpc as rpc
 from backend.transport.grpc.servicers import CatalogServicer, ProductSearchServicer
@@ -51,8 +51,11 @@ class Server:
         else:
             log.warning("API key authentication is DISABLED (auth.enabled=false): every "
                         "caller may search, read and write the whole catalog")
+        limits = settings.limits
+        self.gate = edge.HeavyWorkGate(
+            limits.heavy_concurrency or edge.default_heavy_concurrency(), limits.heavy_queue)
         self._server = grpc.aio.server(
-            interceptors=[interceptors.ServerInterceptor(self.keys)],
+            interceptors=[interceptors.ServerInterceptor(self.keys, self.gate)],
             options=[
                 ("grpc.max_receive_message_length", 2 * app.settings.search.max_image_bytes),
                 ("grpc.so_reuseport", 0),

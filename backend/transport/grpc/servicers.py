@@ -16,7 +16,7 @@ from backend.domain.match import MatchService
 from backend.domain.restock import RestockService
 from backend.domain.search import SearchService
 from backend.domain.types import ProductInput
-from backend.errors import InvalidInput, NotFound
+from backend.errors import InvalidInput, NotFound, shown
 from backend.security import current as current_principal
 from backend.stores.catalog.repository import CatalogRepository
 from backend.transport.grpc import convert
@@ -96,7 +96,8 @@ class ProductSearchServicer(rpc.ProductSearchServicer):
                 self._catalog.find_by_sku, request.merchant, request.sku
             )
             if found is None:
-                raise NotFound(f"no product with sku {request.sku!r} for {request.merchant!r}")
+                raise NotFound(f"no product with sku {shown(request.sku)} "
+                               f"for {shown(request.merchant)}")
             product = found
         else:
             raise InvalidInput("give product_id, or sku and merchant")
