@@ -8,6 +8,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,9 +43,23 @@ class ImageBlobStore:
     readers see the whole file or none, and two renames of identical bytes both succeed.
     """
 
+    # A temporary file this old was left by a process that died mid-upload.
+    STALE_TEMP_S = 3600.0
+
     def __init__(self, root: Path) -> None:
         self._root = Path(os.path.realpath(root))
         self._incoming = self._root / "incoming"
+        self._remove_stale_temps()
+
+    def _remove_stale_temps(self) -> None:
+        # Only old ones: another server sharing the folder may be writing fresh ones.
+        if not self._incoming.is_dir():
+            return
+        cutoff = time.time() - self.STALE_TEMP_S
+        for temp in self._incoming.glob("*.part"):
+            with contextlib.suppress(OSError):
+                if temp.stat().st_mtime < cutoff:
+                    temp.unlink()
 
     @property
     def root(self) -> Path:

@@ -252,3 +252,16 @@ def test_a_streamed_upsert_holds_one_message_not_the_stream(service: CatalogServ
     assert reply.upserted == count
     # Everything held at once would be count x the image; one message at a time is a few.
     assert peak < 8 * len(image), f"peak {peak / 1e6:.1f} MB for {len(image) / 1e6:.1f} MB"
+
+
+def test_temporary_files_of_a_crashed_upload_are_removed_when_old(blob_dir: Path) -> None:
+    incoming = blob_dir / "incoming"
+    incoming.mkdir(parents=True)
+    old, fresh = incoming / "old.part", incoming / "fresh.part"
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    an_hour_ago = time.time() - ImageBlobStore.STALE_TEMP_S - 60
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    ImageBlobStore(blob_dir)
+    # Another server sharing the folder may still be writing the fresh one.
+    assert sorted(p.name for p in incoming.iterdir()) == ["fresh.part"]
