@@ -22,6 +22,7 @@ from backend.domain.reindex import (
 from backend.domain.restock import RestockService
 from backend.domain.search import SearchService
 from backend.domain.selfcheck import SelfCheck
+from backend.security.paths import ImagePathPolicy
 from backend.stores.catalog import migrate
 from backend.stores.catalog.db import make_engine
 from backend.stores.catalog.repository import CatalogRepository
@@ -158,6 +159,7 @@ def build_app(settings: Settings, encoder: VectorEncoder | None = None,
             settings.search.max_image_bytes,
             settings.search.max_image_pixels,
             on_write=wakeup,
+            image_paths=ImagePathPolicy(settings.images.roots, settings.images.max_file_bytes),
         ),
         match=MatchService(catalog, vectors, encoder, settings.collection, settings.search,
                            settings.data_dir),

@@ -118,7 +118,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     catalog = CatalogRepository(make_engine(settings.sql_url))
     total = sum(1 for line in path.open(encoding="utf-8") if line.strip())
     with tqdm(total=total, desc="catalog", unit="line") as bar:
-        report = ingest_file(path, catalog, progress=bar.update)
+        report = ingest_file(path, catalog, progress=bar.update, roots=settings.images.roots,
+                             max_image_bytes=settings.images.max_file_bytes)
     for bad in report.bad:
         print(f"line {bad.line}: skipped: {bad.reason}", file=sys.stderr)
     print(

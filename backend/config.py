@@ -73,6 +73,23 @@ class LimitsSettings(BaseModel):
     heavy_queue: int = Field(8, ge=0, le=100_000)
 
 
+class ImageSettings(BaseModel):
+    # Folders that server-side image paths (images[].uri in an admin upsert, lines of
+    # `prodsearch ingest`) may point into, after symlinks are resolved. Uploaded images'
+    # own folder is always allowed; ingest also allows the catalog file's folder.
+    roots: list[Path] = []
+    # Largest image file read from a server-side path (uploads: search.max_image_bytes).
+    max_file_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+
+    @field_validator("roots")
+    @classmethod
+    def _absolute(cls, roots: list[Path]) -> list[Path]:
+        for root in roots:
+            if not root.is_absolute():
+                raise ValueError(f"images.roots: {str(root)!r} is not an absolute path")
+        return roots
+
+
 class AuthSettings(BaseModel):
     # API keys are required unless this is set to false explicitly (the embedded demo does;
     # the server then logs a warning). Health and reflection are always open.
@@ -152,6 +169,7 @@ class Settings(BaseSettings):
     encoder: EncoderSettings = EncoderSettings()
     search: SearchSettings = SearchSettings()
     limits: LimitsSettings = LimitsSettings()
+    images: ImageSettings = ImageSettings()
     auth: AuthSettings = AuthSettings()
     tls: TlsSettings = TlsSettings()
 

@@ -40,7 +40,8 @@ def prepare(settings: Settings, products: int) -> tuple[App, list[dict[str, obje
     # A collection of another model version is rebuilt here (progress bar), even on a server.
     app = build_app(settings, auto_reindex=True)
     with tqdm(total=len(catalog), desc="catalog", unit="product") as bar:
-        report = ingest_file(catalog_path, app.catalog, progress=bar.update)
+        # The demo's images live in the openclipart package's folder, not beside the file.
+        report = ingest_file(catalog_path, app.catalog, progress=bar.update, roots=[root])
     print(f"catalog: {report.changed} new or changed, {report.unchanged} unchanged, "
           f"{len(report.bad)} skipped")
     pending = app.catalog.pending_count()

@@ -73,7 +73,7 @@ def own_server(products: int, max_queue: int, keys_out: list[Keys] | None = None
         catalog = build_catalog(pick_images(OPENCLIPART_DIR, products, seed=7), OPENCLIPART_DIR)
         write_catalog(catalog, data / "catalog.jsonl")
         app = build_app(settings)
-        ingest_file(data / "catalog.jsonl", app.catalog)
+        ingest_file(data / "catalog.jsonl", app.catalog, roots=[OPENCLIPART_DIR])
         app.encoder.start()
         app.indexer.drain()
         key = ApiKeys(app.catalog).create("storefront").key

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import io
 import os
+import stat
 import threading
 import time
 import warnings
@@ -31,6 +33,9 @@ __all__ = [
     "image_tensor",
     "letterbox",
     "load_image_file",
+    "local_image_path",
+    "open_image_file",
+    "read_image_file",
     "to_rgb",
 ]
 
@@ -38,6 +43,8 @@ DEFAULT_MAX_BYTES = 10_485_760
 DEFAULT_MAX_PIXELS = 40_000_000
 # Above this many decoded pixels, freed memory is handed back to the OS after the decode.
 _TRIM_ABOVE_PIXELS = 4_000_000
+# Largest catalog image file read from disk (config: images.max_file_bytes).
+DEFAULT_MAX_FILE_BYTES = 32 * 1024 * 1024
 
 # The EfficientNet-Lite weights were converted from the TensorFlow release, whose builder
 # (efficientnet/lite/efficientnet_lite_builder.py) normalises with MEAN_RGB=127 and
@@ -228,17 +235,21 @@ def _high_depth_to_l(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.rint(out).astype(np.uint8), mode="L")
 
 
-def load_image_file(path_or_uri: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image_file(path_or_uri: str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Image.Image:
     """Read a catalog image from a local path or file:// URI and decode it to RGB.
 
-    FileNotFoundError (with the path) if it does not exist, ImageDecodeError if it is not a
-    usable image or the URI scheme is not local. Local files are trusted catalog content, so
-    there is no byte limit; the pixel limit still bounds memory.
+    The file is opened safely (`open_image_file`): never through a symlink, never a FIFO,
+    device or directory (so a reader can never hang in open()), at most `max_bytes`.
+    FileNotFoundError (with the path) if it does not exist, another OSError if it is not a
+    plain readable file, ImageDecodeError if it is too big, not a usable image or the URI
+    scheme is not local.
     """
-    path = _local_path(path_or_uri)
+    # Resolved first, so a catalog that names a symlink still loads; the open below refuses
+    # a symlink swapped in after that, and anything that is not a plain file.
+    path = os.path.realpath(local_image_path(path_or_uri))
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_image_file(path, max_bytes=max_bytes)
     except FileNotFoundError as exc:
         raise FileNotFoundError(exc.errno, "image file not found", path) from None
     try:
@@ -247,16 +258,53 @@ def load_image_file(path_or_uri: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
         raise ImageDecodeError(f"{path}: {exc}") from exc
 
 
-def _local_path(path_or_uri: str) -> str:
+def open_image_file(path: str, *, max_bytes: int) -> int:
+    """Open a file for reading the way untrusted paths must be opened; returns the fd.
+
+    O_NOFOLLOW: the last component must not be a symlink (paths are stored resolved, so a
+    symlink there was put in after the check). O_NONBLOCK: opening a FIFO returns at once
+    instead of waiting for a writer. Then the *opened* file is checked (fstat, no race with
+    a path check): a regular file of at most `max_bytes`. OSError (errno ELOOP, EINVAL...)
+    or ImageDecodeError otherwise.
+    """
+    flags = (os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+             | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0))
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        if info.st_size > max_bytes:
+            raise ImageDecodeError(
+                f"image file is {info.st_size} bytes, more than the limit of {max_bytes}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_image_file(path: str, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file opened with `open_image_file` (a file that grows past
+    `max_bytes` while being read is refused too)."""
+    fd = open_image_file(path, max_bytes=max_bytes)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageDecodeError(f"image file is more than the limit of {max_bytes} bytes")
+    return data
+
+
+def local_image_path(path_or_uri: str) -> str:
+    """A local path or a file:// URI (percent-encoded, host empty or 'localhost') -> path."""
     if "://" not in path_or_uri:
-        return os.path.expanduser(path_or_uri)
+        return path_or_uri
     parsed = urlparse(path_or_uri)
-    if parsed.scheme != "file":
+    if parsed.scheme.lower() != "file":
         raise ImageDecodeError(
             f"unsupported image URI scheme {parsed.scheme!r}: only local paths and file:// URIs"
         )
-    if parsed.netloc not in ("", "localhost"):
-        raise ImageDecodeError(f"file:// URI on another host is not supported: {path_or_uri}")
+    if parsed.netloc.lower() not in ("", "localhost"):
+        raise ImageDecodeError("file:// URI on another host is not supported")
     return url2pathname(unquote(parsed.path))
 
 

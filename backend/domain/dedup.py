@@ -21,6 +21,7 @@ from backend.domain.match_model import (
     best_cosine,
     pair_features,
 )
+from backend.domain.tenants import fold_name
 from backend.domain.types import Filters, Product
 from backend.stores.catalog.repository import CatalogRepository, DedupPair
 from backend.stores.vectors.base import VectorStore
@@ -83,8 +84,9 @@ def find_duplicates(
     """Score cross-merchant candidate pairs, group them, save the run; returns its id."""
     collection = vectors.resolve(collection)
     evidence: dict[Pair, PairEvidence] = {}
+    wanted = None if merchant is None else fold_name(merchant)  # stored names are canonical
     for batch in catalog.iter_products():
-        sources = [p for p in batch if merchant is None or p.merchant == merchant]
+        sources = [p for p in batch if wanted is None or p.merchant == wanted]
         for product in sources:
             _score_candidates(catalog, vectors, collection, calibration, product, evidence)
             if progress:

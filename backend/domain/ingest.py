@@ -1,16 +1,23 @@
-"""Catalog files: one JSON product per line. Bad lines are reported by number and skipped."""
+"""Catalog files: one JSON product per line. Bad lines are reported by number and skipped.
+
+Image paths in a catalog file are relative to the file's folder (or file:// URIs) and must
+stay inside that folder or the configured image roots once symlinks are resolved: a file
+from elsewhere cannot make the server read /etc/shadow or walk out with `../`."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend.domain.tenants import fold_name
 from backend.domain.types import ProductInput, StockLevel
 from backend.errors import InvalidInput
+from backend.security.paths import ImagePathPolicy, ImagePathRefused
 from backend.stores.catalog.repository import CatalogRepository, UpsertOutcome
+from encoders.preprocess import DEFAULT_MAX_FILE_BYTES
 
 KNOWN_KEYS = (
     "sku", "merchant", "title", "description", "category", "brand", "size", "material",
@@ -77,15 +84,10 @@ def parse_line(text: str, base_dir: Path) -> ProductInput:
         colour=data.get("colour", ""),
         price=float(price),
         currency=data.get("currency", "EUR") or "EUR",
-        images=[_resolve(i, base_dir) for i in images],
+        images=list(images),  # confined by ingest_file, relative to base_dir
         inventory=levels,
         attributes=extra,
     )
-
-
-def _resolve(uri: str, base_dir: Path) -> str:
-    path = Path(uri.removeprefix("file://"))
-    return str(path if path.is_absolute() else (base_dir / path).resolve())
 
 
 def read_catalog(path: Path) -> Iterator[tuple[int, ProductInput | BadLine]]:
@@ -114,10 +116,16 @@ def ingest_file(
     catalog: CatalogRepository,
     chunk: int = 200,
     progress: Callable[[int], object] | None = None,
+    roots: Sequence[Path] = (),
+    max_image_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> IngestReport:
     """Write a catalog file into SQL (+ outbox) in chunks of one transaction each. A chunk that
-    fails validation is retried line by line so that only the bad lines are skipped."""
+    fails validation is retried line by line so that only the bad lines are skipped.
+
+    Image paths may point into the file's own folder and `roots` (settings.images.roots)."""
     report = IngestReport()
+    base = path.parent.absolute()
+    paths = ImagePathPolicy([base, *roots], max_image_bytes)
     pending: list[tuple[int, ProductInput]] = []
 
     def flush() -> None:
@@ -143,10 +151,11 @@ def ingest_file(
             if progress:
                 progress(1)
             continue
-        missing = [u for u in parsed.images if not Path(u).is_file()]
-        key = (parsed.merchant, parsed.sku)
-        if missing:
-            report.bad.append(BadLine(number, f"image not found: {missing[0]}"))
+        refused = _confine(parsed, paths, base)
+        key = (fold_name(parsed.merchant), parsed.sku)
+        if refused is not None:
+            report.bad.append(BadLine(number, f"image {refused}: not an allowed, readable "
+                                              "image file"))
         elif key in seen:
             report.bad.append(
                 BadLine(number, f"duplicate sku {parsed.sku!r} (first on line {seen[key]})")
@@ -160,6 +169,19 @@ def ingest_file(
     report.bad.sort(key=lambda b: b.line)
     report.catalog_version = catalog.catalog_version()
     return report
+
+
+def _confine(item: ProductInput, paths: ImagePathPolicy, base: Path) -> int | None:
+    """Replace the item's image paths by their confined, resolved form; the index of the
+    first refused one, if any (missing and forbidden read the same)."""
+    confined = []
+    for n, uri in enumerate(item.images):
+        try:
+            confined.append(paths.confine(uri, base=base))
+        except ImagePathRefused:
+            return n
+    item.images = confined
+    return None
 
 
 def _record(report: IngestReport, outcomes: list[UpsertOutcome]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from backend.domain.tenants import fold_name
 from backend.domain.types import Filters, Product
 from backend.stores.vectors.base import PointPayload, category_prefixes
 
@@ -23,7 +24,7 @@ def product_payload(product: Product, position: int, model_version: str) -> Poin
         position=position,
         model_version=model_version,
         catalog_version=product.catalog_version,
-        merchant=norm(product.merchant),
+        merchant=fold_name(product.merchant),
         category=category_prefixes(normalise_category(product.category)),
         size=norm(product.size),
         material=norm(product.material),
@@ -53,10 +54,11 @@ def normalise_filters(filters: Filters) -> Filters:
         materials=[norm(v) for v in filters.materials],
         colours=[norm(v) for v in filters.colours],
         brands=[norm(v) for v in filters.brands],
-        merchants=[norm(v) for v in filters.merchants],
+        # Tenant names compare in their one canonical form, as keys and SQL store them.
+        merchants=[fold_name(v) for v in filters.merchants],
         listed_or_merchants=(
             None
             if filters.listed_or_merchants is None
-            else [norm(v) for v in filters.listed_or_merchants]
+            else [fold_name(v) for v in filters.listed_or_merchants]
         ),
     )

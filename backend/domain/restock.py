@@ -15,6 +15,7 @@ from PIL.Image import Image
 
 from backend.config import SearchSettings
 from backend.domain.ports import VectorEncoder
+from backend.domain.tenants import tenant_name
 from backend.domain.types import Filters, Product, StockLevel
 from backend.errors import InvalidInput
 from backend.security import Role
@@ -104,6 +105,7 @@ class RestockService:
             raise InvalidInput("a restock query needs a photo")
         if not warehouse.strip():
             raise InvalidInput("a restock query needs a warehouse")
+        warehouse = tenant_name(warehouse, "warehouse")
         principal = current_principal()
         if principal.role is Role.WAREHOUSE:
             principal.require_warehouse(warehouse)
@@ -130,7 +132,8 @@ class RestockService:
         products = await asyncio.to_thread(self._catalog.get_products, [c[1] for c in chosen])
         matches = []
         for score, product_id, box in chosen:
-            if product_id not in products:
+            # can_see: a warehouse key gets listed products and the unlisted ones it holds.
+            if product_id not in products or not principal.can_see(products[product_id]):
                 continue
             product = products[product_id]
             stock = [s for s in product.inventory

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from backend.domain.tenants import fold_name, tenant_name
 from backend.errors import InvalidInput, Unauthenticated
 from backend.security.principal import Principal, Role
 
@@ -58,14 +59,14 @@ def hash_key(key: str) -> str:
 
 
 def _split(values: str | None) -> tuple[str, ...]:
-    return tuple(v for v in (values or "").split(",") if v)
+    # Canonical again on the way out: a row written before names were canonical still
+    # scopes to the tenant SQL and the vector payload know.
+    return tuple(dict.fromkeys(fold_name(v) for v in (values or "").split(",") if v.strip()))
 
 
-def _join(values: list[str] | tuple[str, ...]) -> str | None:
-    cleaned = [v.strip() for v in values if v.strip()]
-    for v in cleaned:
-        if "," in v:
-            raise InvalidInput(f"names in API key scopes cannot contain ',': {v!r}")
+def _join(values: list[str] | tuple[str, ...], what: str) -> str | None:
+    """Scope names in canonical form (see backend.domain.tenants), comma-joined."""
+    cleaned = [tenant_name(v, what) for v in values if v.strip()]
     return ",".join(dict.fromkeys(cleaned)) or None
 
 
@@ -102,7 +103,8 @@ class ApiKeys:
         except ValueError as exc:
             known = ", ".join(r.value for r in Role)
             raise InvalidInput(f"unknown role {role!r}; roles: {known}") from exc
-        merchant, warehouse = _join(list(merchants)), _join(list(warehouses))
+        merchant = _join(list(merchants), "merchant")
+        warehouse = _join(list(warehouses), "warehouse")
         if parsed is Role.WAREHOUSE and not warehouse:
             raise InvalidInput("a warehouse key needs --warehouse")
         if parsed is Role.STOREFRONT and warehouse:

@@ -13,7 +13,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from backend.domain.types import Filters, Product
+from backend.domain.tenants import fold_name
+from backend.domain.types import Filters, ImageRef, Product
 from backend.errors import PermissionDenied, shown
 
 
@@ -45,32 +46,59 @@ class Principal:
         every merchant and, of its own merchants, the unlisted ones too."""
         if self.role is not Role.STOREFRONT:
             return filters
-        return replace(filters, listed_or_merchants=list(self.merchants))
+        return replace(filters, listed_or_merchants=sorted(self._merchants))
 
     def can_see(self, product: Product) -> bool:
-        if self.role is not Role.STOREFRONT or product.listed:
+        """Admins see everything; others see listed products and their merchants' own. A
+        warehouse key also sees the unlisted products it holds stock of (it must be able to
+        restock them)."""
+        if self.role is Role.ADMIN or product.listed:
             return True
-        return _norm(product.merchant) in {_norm(m) for m in self.merchants}
+        if fold_name(product.merchant) in self._merchants:
+            return True
+        return self.role is Role.WAREHOUSE and any(
+            fold_name(s.warehouse) in self._warehouses for s in product.inventory)
 
     def visible(self, products: Sequence[Product]) -> list[Product]:
         return [p for p in products if self.can_see(p)]
+
+    def redact(self, product: Product) -> Product:
+        """What this principal may be shown of a product it can see: only admins get the
+        server's image paths (others get a stable opaque reference), and a warehouse key sees
+        stock of its own warehouses only."""
+        if self.role is Role.ADMIN:
+            return product
+        images = [ImageRef(uri=opaque_image_ref(product.product_id, i.position),
+                           position=i.position) for i in product.images]
+        inventory = product.inventory
+        if self.role is Role.WAREHOUSE:
+            inventory = [s for s in inventory if fold_name(s.warehouse) in self._warehouses]
+        return replace(product, images=images, inventory=list(inventory))
 
     def require_warehouse(self, warehouse: str) -> None:
         """PermissionDenied unless this principal may change stock in `warehouse`."""
         if self.role is Role.ADMIN:
             return
-        if self.role is Role.WAREHOUSE and _norm(warehouse) in {
-                _norm(w) for w in self.warehouses}:
+        if self.role is Role.WAREHOUSE and fold_name(warehouse) in self._warehouses:
             return
         raise PermissionDenied(f"this key may not change stock in warehouse {shown(warehouse)}")
+
+    @property
+    def _merchants(self) -> frozenset[str]:
+        return frozenset(fold_name(m) for m in self.merchants)
+
+    @property
+    def _warehouses(self) -> frozenset[str]:
+        return frozenset(fold_name(w) for w in self.warehouses)
 
     def require_role(self, *roles: Role) -> None:
         if self.role is not Role.ADMIN and self.role not in roles:
             raise PermissionDenied(f"a {self.role.value} key may not do this")
 
 
-def _norm(value: str) -> str:
-    return value.strip().lower()
+def opaque_image_ref(product_id: str, position: int) -> str:
+    """A stable reference to a product image that reveals nothing about server storage."""
+    return f"image:{product_id}/{position}"
 
 
 # Everything allowed: used when auth is disabled, and by in-process callers (CLI, jobs).

@@ -52,7 +52,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     path = data_dir / "catalog.jsonl"
     write_catalog(catalog, path)
     app = build_app(settings)
-    report = ingest_file(path, app.catalog)
+    report = ingest_file(path, app.catalog, roots=[OPENCLIPART_DIR])
     assert not report.bad, report.bad
     app.encoder.start()
     app.indexer.drain()

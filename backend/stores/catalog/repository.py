@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session, joinedload, selectinload
 
+from backend.domain.tenants import tenant_name
 from backend.domain.types import ImageRef, Product, ProductInput, StockLevel
 from backend.errors import AlreadyExists, InvalidInput, NotFound, shown
 from backend.stores.catalog.db import reader, session_factory
@@ -189,9 +190,34 @@ def _count(name: str, value: object, *, sku: str = "") -> int:
     return value
 
 
+def _tenant(what: str, value: object, *, sku: str = "") -> str:
+    """A merchant or warehouse name in its one canonical form (backend.domain.tenants)."""
+    try:
+        return tenant_name(value, what)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{exc} (sku {sku!r})" if sku else str(exc)) from None
+
+
+def validate_products(items: Sequence[ProductInput]) -> None:
+    """Everything `upsert_products` checks before touching SQL (field values, one SKU per
+    merchant per batch), so callers can refuse a batch before they store its image files."""
+    _normalise_batch(items)
+
+
+def _normalise_batch(items: Sequence[ProductInput]) -> list[_Normalised]:
+    normalised = [_normalise_input(item) for item in items]
+    seen: set[tuple[str, str]] = set()
+    for n in normalised:
+        if (n.merchant, n.sku) in seen:
+            raise InvalidInput(f"duplicate sku {shown(n.sku)} for merchant {shown(n.merchant)} "
+                               "in one batch")
+        seen.add((n.merchant, n.sku))
+    return normalised
+
+
 def _normalise_input(item: ProductInput) -> _Normalised:
     sku = _text("sku", item.sku, required=True)
-    merchant = _text("merchant", item.merchant, required=True, sku=sku)
+    merchant = _tenant("merchant", item.merchant, sku=sku)
     category = normalise_category(_text("category", item.category, sku=sku, max_len=None))
     if len(category) > 1024 or any(len(s) > _MAX_SHORT for s in category.split("/")):
         raise InvalidInput(f"category path is too long (sku {shown(sku)})")
@@ -199,7 +225,7 @@ def _normalise_input(item: ProductInput) -> _Normalised:
                    for uri in item.images)
     levels: dict[tuple[str, str], StockLevel] = {}
     for level in item.inventory:
-        warehouse = _text("warehouse", level.warehouse, required=True, sku=sku)
+        warehouse = _tenant("warehouse", level.warehouse, sku=sku)
         bin_ = _text("bin", level.bin, sku=sku)
         if (warehouse, bin_) in levels:
             raise InvalidInput(f"duplicate inventory row {warehouse}/{bin_} (sku {shown(sku)})")
@@ -288,6 +314,12 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+def _scope(what: str, names: str | None) -> str | None:
+    """A comma list of tenant names in canonical form (None when empty)."""
+    canonical = [tenant_name(n, what) for n in (names or "").split(",") if n.strip()]
+    return ",".join(dict.fromkeys(canonical)) or None
+
+
 def _api_key_row(row: ApiKey) -> ApiKeyRow:
     return ApiKeyRow(
         id=row.id, key_hash=row.key_hash, role=row.role, merchant=row.merchant,
@@ -342,13 +374,7 @@ class CatalogRepository:
         outbox row. `image_bytes` is not stored here: the caller saves uploads as files first
         and passes their URIs in `images`.
         """
-        normalised = [_normalise_input(item) for item in items]
-        seen: set[tuple[str, str]] = set()
-        for n in normalised:
-            if (n.merchant, n.sku) in seen:
-                raise InvalidInput(f"duplicate sku {shown(n.sku)} for merchant {shown(n.merchant)} "
-                                   "in one batch")
-            seen.add((n.merchant, n.sku))
+        normalised = _normalise_batch(items)
         if not normalised:
             return []
 
@@ -505,7 +531,8 @@ class CatalogRepository:
             raise InvalidInput(f"inventory update for {shown(pid)} changes nothing")
         return InventoryChange(
             product_id=pid,
-            warehouse=_text("warehouse", change.warehouse, required=stock),
+            warehouse=(_tenant("warehouse", change.warehouse)
+                       if stock or change.warehouse.strip() else ""),
             bin=_text("bin", change.bin),
             quantity=None if change.quantity is None else _count("quantity", change.quantity),
             reorder_point=(None if change.reorder_point is None
@@ -608,12 +635,23 @@ class CatalogRepository:
             raise NotFound(f"product {shown(product_id)} not found")
         return product
 
+    def image_uris_in_use(self, uris: Sequence[str]) -> set[str]:
+        """Which of these image URIs a stored product (deleted ones included) refers to."""
+        wanted = list(dict.fromkeys(uris))
+        found: set[str] = set()
+        with self._read() as session:
+            for chunk in _chunks(wanted):
+                found.update(session.scalars(
+                    select(ProductImage.uri).where(ProductImage.uri.in_(chunk))))
+        return found
+
     def find_by_sku(self, merchant: str, sku: str) -> Product | None:
+        merchant = tenant_name(merchant)
         with self._read() as session:
             rec = session.scalars(
                 select(ProductRecord).options(*_full_load())
                 .join(Merchant, ProductRecord.merchant_id == Merchant.id)
-                .where(Merchant.name == merchant.strip(), ProductRecord.sku == sku.strip(),
+                .where(Merchant.name == merchant, ProductRecord.sku == sku.strip(),
                        ProductRecord.deleted.is_(False))
             ).unique().one_or_none()
             return _to_domain(rec) if rec is not None else None
@@ -743,8 +781,8 @@ class CatalogRepository:
                        warehouse: str | None = None) -> int:
         key_hash = _text("key_hash", key_hash, required=True, max_len=128)
         role = _text("role", role, required=True, max_len=32)
-        row = ApiKey(key_hash=key_hash, role=role, merchant=(merchant or "").strip() or None,
-                     warehouse=(warehouse or "").strip() or None, created_at=utcnow())
+        row = ApiKey(key_hash=key_hash, role=role, merchant=_scope("merchant", merchant),
+                     warehouse=_scope("warehouse", warehouse), created_at=utcnow())
         try:
             with self._write.begin() as session:
                 session.add(row)

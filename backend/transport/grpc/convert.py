@@ -89,6 +89,11 @@ def product_input_from_pb(msg: pb.Product) -> d.ProductInput:
     for level in msg.inventory:
         if level.quantity < 0 or level.reorder_point < 0:
             raise InvalidInput(f"product {shown(msg.sku)}: negative inventory quantity")
+    for n, image in enumerate(msg.images):
+        # One entry is one image: a path or uploaded bytes, never both, never neither.
+        if bool(image.uri) == bool(image.content):
+            raise InvalidInput(f"product {shown(msg.sku)} image {n}: give exactly one of uri "
+                               "and content")
     return d.ProductInput(
         sku=msg.sku.strip(),
         merchant=msg.merchant.strip(),

@@ -15,7 +15,7 @@ from backend.domain.catalog import CatalogService
 from backend.domain.match import MatchService
 from backend.domain.restock import RestockService
 from backend.domain.search import SearchService
-from backend.domain.types import ProductInput
+from backend.domain.types import Product
 from backend.errors import InvalidInput, NotFound, shown
 from backend.security import current as current_principal
 from backend.stores.catalog.repository import CatalogRepository
@@ -53,6 +53,11 @@ def mapped_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
     return wrapper
 
 
+def _product_pb(product: Product) -> pb.Product:
+    """A product as the caller may see it: no server paths, no other warehouses' stock."""
+    return convert.product_to_pb(current_principal().redact(product))
+
+
 class ProductSearchServicer(rpc.ProductSearchServicer):
     def __init__(
         self,
@@ -74,7 +79,7 @@ class ProductSearchServicer(rpc.ProductSearchServicer):
         return pb.SearchResponse(
             hits=[
                 pb.SearchHit(
-                    product=convert.product_to_pb(h.product),
+                    product=_product_pb(h.product),
                     score=h.score,
                     matched_image=h.matched_image,
                 )
@@ -104,7 +109,7 @@ class ProductSearchServicer(rpc.ProductSearchServicer):
         if not current_principal().can_see(product):
             # Not PERMISSION_DENIED: another merchant's unlisted product does not exist here.
             raise NotFound("product not found")
-        return convert.product_to_pb(product)
+        return _product_pb(product)
 
     @mapped_errors
     async def MatchProduct(
@@ -115,7 +120,7 @@ class ProductSearchServicer(rpc.ProductSearchServicer):
         return pb.MatchResponse(
             candidates=[
                 pb.MatchCandidate(
-                    product=convert.product_to_pb(r.product),
+                    product=_product_pb(r.product),
                     verdict=pb.Verdict.Value(r.verdict),
                     probability=r.probability,
                     similarity=r.similarity,
@@ -136,7 +141,7 @@ class ProductSearchServicer(rpc.ProductSearchServicer):
         return pb.RestockResponse(
             matches=[
                 pb.RestockMatch(
-                    product=convert.product_to_pb(m.product),
+                    product=_product_pb(m.product),
                     score=m.score,
                     box=pb.Box(x0=m.box[0], y0=m.box[1], x1=m.box[2], y1=m.box[3]),
                     stock=[convert.stock_to_pb(s) for s in m.stock],
@@ -157,12 +162,17 @@ class CatalogServicer(rpc.CatalogServicer):
     async def UpsertProducts(
         self, request_iterator: AsyncIterator[pb.Product], context: grpc.aio.ServicerContext
     ) -> pb.UpsertProductsResponse:
-        items: list[ProductInput] = []
-        async for message in request_iterator:
-            if len(items) >= self._max_batch:
-                raise InvalidInput(f"at most {self._max_batch} products per call")
-            items.append(convert.product_input_from_pb(message))
-        outcomes = await asyncio.to_thread(self._catalog.upsert, items)
+        # Product by product: each message's uploads go to temporary files as it arrives, so
+        # memory holds one message, not the stream; close() drops them unless committed.
+        batch = self._catalog.begin_upsert()
+        try:
+            async for message in request_iterator:
+                if len(batch.items) >= self._max_batch:
+                    raise InvalidInput(f"at most {self._max_batch} products per call")
+                await asyncio.to_thread(batch.add, convert.product_input_from_pb(message))
+            outcomes = await asyncio.to_thread(batch.commit)
+        finally:
+            await asyncio.to_thread(batch.close)
         return pb.UpsertProductsResponse(
             upserted=sum(1 for o in outcomes if o.changed),
             product_ids=[o.product_id for o in outcomes],
