@@ -60,12 +60,9 @@ def make_encoder(settings: Settings) -> VectorEncoder:
         text_model=enc.text_model,
         device=enc.device,
         threads=enc.threads,
-        fusion_checkpoint="" if enc.fusion_checkpoint == "shipped" else enc.fusion_checkpoint,
+        fusion_checkpoint=enc.fusion_checkpoint,
+        runtime=enc.runtime,
     )
-    if enc.runtime != "torch":
-        from encoders.optimized import optimize
-
-        optimize(model, enc.runtime)
     return EncoderWorker(
         model,
         max_batch_size=enc.max_batch_size,

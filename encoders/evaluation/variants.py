@@ -56,9 +56,10 @@ class JointEncoder(Protocol):
 
 
 def _load_fused_trained(device: str) -> JointEncoder:
+    from encoders.checkpoints import FusionCheckpoint
     from encoders.model import ProductEncoder
 
-    encoder = ProductEncoder(device=device, fusion_checkpoint="")
+    encoder = ProductEncoder(device=device, fusion_checkpoint=FusionCheckpoint.SHIPPED)
     if "fused" not in encoder.dims:
         raise Unavailable("ProductEncoder has no 'fused' vector yet (no trained fusion model)")
     encoder.load()
@@ -66,9 +67,10 @@ def _load_fused_trained(device: str) -> JointEncoder:
 
 
 def _load_fused_untrained(device: str) -> JointEncoder:
+    from encoders.checkpoints import FusionCheckpoint
     from encoders.model import ProductEncoder
 
-    encoder = ProductEncoder(device=device, fusion_checkpoint=None)
+    encoder = ProductEncoder(device=device, fusion_checkpoint=FusionCheckpoint.UNTRAINED)
     if "fused" not in encoder.dims:
         raise Unavailable("ProductEncoder has no 'fused' vector yet")
     encoder.load()
