@@ -97,13 +97,11 @@ class Context:
 
     def backbone(self) -> Any:
         if self._backbone is None:
-            from encoders.image import EfficientNetLite0Encoder
-            from encoders.optimized import OnnxEfficientNetLite0Encoder, onnx_available
+            from encoders.selection import make_image_encoder, resolve_runtime
 
             # On a CPU, the runtime search uses (same vectors to cosine >= 0.9999, ~4x faster).
-            self._backbone = (
-                OnnxEfficientNetLite0Encoder() if self.device == "cpu" and onnx_available()
-                else EfficientNetLite0Encoder(device=self.device))
+            runtime = resolve_runtime("onnx" if self.device == "cpu" else "torch", self.device)
+            self._backbone = make_image_encoder("efficientnet_lite0", self.device, runtime)
             self._backbone.load()
         return self._backbone
 
