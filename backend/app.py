@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
+from types import TracebackType
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
@@ -15,6 +18,7 @@ from backend.domain.match import MatchService
 from backend.domain.ports import VectorEncoder
 from backend.domain.reindex import (
     ModelVersionMismatch,
+    Reindexer,
     check_model_version,
     physical_name,
     reindex_on_start,
@@ -27,6 +31,9 @@ from backend.stores.catalog import migrate
 from backend.stores.catalog.db import make_engine
 from backend.stores.catalog.repository import CatalogRepository
 from backend.stores.vectors.base import VectorStore
+
+if TYPE_CHECKING:
+    from encoders.worker import EncoderWorker
 
 log = logging.getLogger(__name__)
 
@@ -54,26 +61,63 @@ def make_encoder(settings: Settings) -> VectorEncoder:
         from backend.transport.grpc.encoder_client import RemoteEncoder
 
         return RemoteEncoder(enc.worker_url)
+    return make_local_encoder(settings)
+
+
+def make_local_encoder(settings: Settings) -> EncoderWorker:
+    """The models in this process behind the dynamic batcher, whatever `worker_url` says
+    (`prodsearch worker` IS the worker)."""
     from encoders.model import ProductEncoder
     from encoders.worker import EncoderWorker
 
+    enc = settings.encoder
     model = ProductEncoder(
         image_model=enc.image_model,
         text_model=enc.text_model,
         device=enc.device,
         threads=enc.threads,
-        fusion_checkpoint="" if enc.fusion_checkpoint == "shipped" else enc.fusion_checkpoint,
+        fusion_checkpoint=enc.fusion_checkpoint,
+        runtime=enc.runtime,
     )
-    if enc.runtime != "torch":
-        from encoders.optimized import optimize
-
-        optimize(model, enc.runtime)
     return EncoderWorker(
         model,
         max_batch_size=enc.max_batch_size,
         max_wait_ms=enc.max_wait_ms,
         max_queue=enc.max_queue,
     )
+
+
+def baseline_encoder(settings: Settings, current: str) -> VectorEncoder | None:
+    """An in-process encoder of the model version that built the physical collection
+    `current` (the alias's target), for reindex's recall comparison: the configured text model
+    without the fused vector (the collection before the fusion model shipped), or another
+    text model with or without it. None when no configuration matches."""
+    from backend.domain.reindex import baseline_encoder_for
+    from encoders.checkpoints import FusionCheckpoint
+
+    def make(overrides: dict[str, object]) -> VectorEncoder:
+        enc = settings.encoder.model_copy(update={"worker_url": "", **overrides})
+        return make_encoder(settings.model_copy(update={"encoder": enc}))
+
+    others = [m for m in ("multilingual", "minilm") if m != settings.encoder.text_model]
+    no_fusion: dict[str, object] = {"fusion_checkpoint": FusionCheckpoint.NONE}
+    candidates: list[dict[str, object]] = [no_fusion]
+    candidates += [{"text_model": m, **no_fusion} for m in others]
+    candidates += [{"text_model": m} for m in others]
+    return baseline_encoder_for(current, settings.collection, make, candidates)
+
+
+def migrate_database(settings: Settings, revision: str = "head", downgrade: bool = False
+                     ) -> str | None:
+    """`alembic upgrade` (or downgrade) to `revision`; returns the revision the database is
+    at. The SQLite catalog's folder is created first."""
+    if not settings.database_url.get_secret_value():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if downgrade:
+        migrate.downgrade(settings.sql_url, revision)
+    else:
+        migrate.upgrade(settings.sql_url, revision)
+    return migrate.current_revision(settings.sql_url)
 
 
 def prepare_database(settings: Settings) -> None:
@@ -126,30 +170,90 @@ def ensure_collection(vectors: VectorStore, settings: Settings, encoder: VectorE
     vectors.set_alias(name, physical)
 
 
+class AppParts:
+    """The app's parts, each built from the settings on first use, at most once. `build_app`
+    takes them all; a command that does not serve takes only those it uses, so that `keys`
+    or `eval --task match` never open the vector store a running server owns, and `ingest`
+    writes the catalog before it tries to. `close()` closes what was opened."""
+
+    def __init__(self, settings: Settings, encoder: VectorEncoder | None = None) -> None:
+        self.settings = settings
+        self._given_encoder = encoder
+
+    @cached_property
+    def engine(self) -> Engine:
+        prepare_database(self.settings)
+        return make_engine(self.settings.sql_url)
+
+    @cached_property
+    def catalog(self) -> CatalogRepository:
+        return CatalogRepository(self.engine)
+
+    @cached_property
+    def vectors(self) -> VectorStore:
+        """Raises StoreBusy while another process owns the embedded store."""
+        from backend import metrics
+
+        store: VectorStore = metrics.instrument_vector_store(open_vector_store(self.settings))
+        return store
+
+    @cached_property
+    def encoder(self) -> VectorEncoder:
+        """Not started: `start()` loads the models (seconds), only where they are needed."""
+        from backend import metrics
+
+        encoder = self._given_encoder or make_encoder(self.settings)
+        metrics.instrument_encoder(encoder)
+        return encoder
+
+    @cached_property
+    def indexer(self) -> Indexer:
+        return Indexer(self.catalog, self.vectors, self.encoder, self.settings.collection,
+                       self.settings.search.max_image_pixels,
+                       flush_interval_s=self.settings.indexer_flush_interval_s)
+
+    @cached_property
+    def reindexer(self) -> Reindexer:
+        s = self.settings
+        return Reindexer(self.catalog, self.engine, self.vectors, self.encoder, s.collection,
+                         shards=s.qdrant_shards, replicas=s.qdrant_replicas,
+                         batch=s.indexer_batch, max_image_pixels=s.search.max_image_pixels)
+
+    def ensure_collection(self) -> None:
+        ensure_collection(self.vectors, self.settings, self.encoder)
+
+    def close(self) -> None:
+        if "vectors" in self.__dict__:
+            self.vectors.close()
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+
+    def __enter__(self) -> AppParts:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
 def build_app(settings: Settings, encoder: VectorEncoder | None = None,
               auto_reindex: bool | None = None) -> App:
     """`auto_reindex` (default: for the embedded store) rebuilds the vector collection when
     it was made by another model version; otherwise that refuses to start."""
     from backend import metrics
 
-    prepare_database(settings)
-    engine = make_engine(settings.sql_url)
-    catalog = CatalogRepository(engine)
-    vectors = metrics.instrument_vector_store(open_vector_store(settings))
-    encoder = encoder or make_encoder(settings)
-    metrics.instrument_encoder(encoder)
+    parts = AppParts(settings, encoder)
+    engine, catalog, vectors = parts.engine, parts.catalog, parts.vectors
+    encoder = parts.encoder
     metrics.watch_outbox(catalog)
     wakeup = threading.Event()
-    indexer = Indexer(catalog, vectors, encoder, settings.collection,
-                      settings.search.max_image_pixels,
-                      flush_interval_s=settings.indexer_flush_interval_s)
     app = App(
         settings=settings,
         engine=engine,
         catalog=catalog,
         vectors=vectors,
         encoder=encoder,
-        indexer=indexer,
+        indexer=parts.indexer,
         search=SearchService(catalog, vectors, encoder, settings.collection, settings.search),
         catalog_service=CatalogService(
             catalog,
@@ -165,7 +269,7 @@ def build_app(settings: Settings, encoder: VectorEncoder | None = None,
                            settings.data_dir),
         restock=RestockService(catalog, vectors, encoder, settings.collection, settings.search),
         index_wakeup=wakeup,
-        self_check=SelfCheck(catalog, vectors, indexer, settings.collection,
+        self_check=SelfCheck(catalog, vectors, parts.indexer, settings.collection,
                              encoder.model_version, settings.selfcheck_batch),
     )
     try:

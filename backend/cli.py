@@ -8,11 +8,15 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from backend.config import Settings
 
 log = logging.getLogger("prodsearch")
 
 
-def _settings(args: argparse.Namespace) -> object:
+def _settings(args: argparse.Namespace) -> Settings:
     from backend.config import load_settings
 
     overrides: dict[str, object] = {}
@@ -34,21 +38,16 @@ def _settings(args: argparse.Namespace) -> object:
 
 
 # ---------------------------------------------------------------- server-side commands
+# Each gets the settings, then what it uses from the composition root (backend/app.py):
+# `build_app` for the whole app, `AppParts` for only the parts a command touches.
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from backend.config import Settings
-    from backend.stores.catalog import migrate
+    from backend.app import migrate_database
 
-    settings = _settings(args)
-    assert isinstance(settings, Settings)
-    if not settings.database_url.get_secret_value():
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if args.revision.startswith("-") or args.downgrade:
-        migrate.downgrade(settings.sql_url, args.revision)
-    else:
-        migrate.upgrade(settings.sql_url, args.revision)
-    print(f"database at revision {migrate.current_revision(settings.sql_url)}")
+    downgrade = args.downgrade or args.revision.startswith("-")
+    revision = migrate_database(_settings(args), args.revision, downgrade)
+    print(f"database at revision {revision}")
     return 0
 
 
@@ -56,12 +55,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from backend.app import build_app
-    from backend.config import Settings
     from backend.transport.grpc.server import serve_forever
 
-    settings = _settings(args)
-    assert isinstance(settings, Settings)
-    app = build_app(settings)
+    app = build_app(_settings(args))
     try:
         asyncio.run(serve_forever(app))
     finally:
@@ -72,26 +68,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     import asyncio
 
-    from backend.app import make_encoder
-    from backend.config import Settings
+    from backend.app import make_local_encoder
     from backend.transport.grpc.encoder_service import EncoderServer, serve_worker
-    from encoders.worker import EncoderWorker
 
     settings = _settings(args)
-    assert isinstance(settings, Settings)
-    # The worker encodes in-process whatever worker_url says (it IS the worker).
-    local = settings.model_copy(
-        update={"encoder": settings.encoder.model_copy(update={"worker_url": ""})}
-    )
-    worker = make_encoder(local)
-    assert isinstance(worker, EncoderWorker)
+    worker = make_local_encoder(settings)
     server = EncoderServer(
         worker,
         args.host or settings.grpc_host,
         settings.encoder.worker_port if args.port is None else args.port,
         max_image_bytes=settings.search.max_image_bytes,
         max_image_pixels=settings.search.max_image_pixels,
-        runtime=getattr(worker.encoder, "runtime", "torch"),
+        runtime=worker.encoder.runtime,
     )
     asyncio.run(serve_worker(server))
     return 0
@@ -100,66 +88,54 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from backend.app import ensure_collection, make_encoder, open_vector_store, prepare_database
-    from backend.config import Settings
-    from backend.domain.indexing import Indexer
+    from backend.app import AppParts
     from backend.domain.ingest import ingest_file
     from backend.errors import StoreBusy
-    from backend.stores.catalog.db import make_engine
-    from backend.stores.catalog.repository import CatalogRepository
 
     settings = _settings(args)
-    assert isinstance(settings, Settings)
     path = Path(args.file)
     if not path.is_file():
         print(f"error: {path} not found", file=sys.stderr)
         return 2
-    prepare_database(settings)
-    catalog = CatalogRepository(make_engine(settings.sql_url))
-    total = sum(1 for line in path.open(encoding="utf-8") if line.strip())
-    with tqdm(total=total, desc="catalog", unit="line") as bar:
-        report = ingest_file(path, catalog, progress=bar.update, roots=settings.images.roots,
-                             max_image_bytes=settings.images.max_file_bytes)
-    for bad in report.bad:
-        print(f"line {bad.line}: skipped: {bad.reason}", file=sys.stderr)
-    print(
-        f"{report.lines} lines: {report.changed} new or changed, {report.unchanged} unchanged, "
-        f"{len(report.bad)} skipped; catalog version {report.catalog_version}"
-    )
-    pending = catalog.pending_count()
-    if pending == 0:
-        print("index is up to date")
-        return 0 if not report.bad else 1
-    try:
-        vectors = open_vector_store(settings)
-    except StoreBusy:
-        print(f"{pending} products queued; the running server indexes them")
-        return 0 if not report.bad else 1
-    encoder = make_encoder(settings)
-    encoder.start()
-    ensure_collection(vectors, settings, encoder)
-    indexer = Indexer(catalog, vectors, encoder, settings.collection,
-                      settings.search.max_image_pixels)
-    with tqdm(total=pending, desc="index", unit="product") as bar:
-        stats = indexer.drain(settings.indexer_batch, progress=bar.update)
-    vectors.build_index(vectors.resolve(settings.collection))
-    vectors.close()
+    with AppParts(settings) as app:
+        total = sum(1 for line in path.open(encoding="utf-8") if line.strip())
+        with tqdm(total=total, desc="catalog", unit="line") as bar:
+            report = ingest_file(path, app.catalog, progress=bar.update,
+                                 roots=settings.images.roots,
+                                 max_image_bytes=settings.images.max_file_bytes)
+        for bad in report.bad:
+            print(f"line {bad.line}: skipped: {bad.reason}", file=sys.stderr)
+        print(f"{report.lines} lines: {report.changed} new or changed, {report.unchanged} "
+              f"unchanged, {len(report.bad)} skipped; catalog version {report.catalog_version}")
+        status = 0 if not report.bad else 1
+        pending = app.catalog.pending_count()
+        if pending == 0:
+            print("index is up to date")
+            return status
+        try:
+            vectors = app.vectors
+        except StoreBusy:
+            print(f"{pending} products queued; the running server indexes them")
+            return status
+        app.encoder.start()
+        app.ensure_collection()
+        with tqdm(total=pending, desc="index", unit="product") as bar:
+            stats = app.indexer.drain(settings.indexer_batch, progress=bar.update)
+        vectors.build_index(vectors.resolve(settings.collection))
     print(
         f"indexed {stats.upserted_products} products ({stats.upserted_points} vectors), "
         f"{stats.deleted_products} removed, {stats.image_errors} unreadable images"
     )
-    return 0 if not report.bad else 1
+    return status
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     import os
 
-    from backend.config import Settings
     from backend.demo import run_demo
     from backend.demo_catalog import ImagesMissing
 
     settings = _settings(args)
-    assert isinstance(settings, Settings)
     if "PRODSEARCH_AUTH__ENABLED" not in os.environ:
         # The embedded demo answers the README's client commands without a key; `serve`
         # requires keys. The server logs a warning whenever auth is off.
@@ -173,20 +149,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from backend.app import prepare_database
-    from backend.config import Settings
+    from backend.app import AppParts
     from backend.security import ApiKeys
-    from backend.stores.catalog.db import make_engine
-    from backend.stores.catalog.repository import CatalogRepository
 
-    settings = _settings(args)
-    assert isinstance(settings, Settings)
-    prepare_database(settings)
-    engine = make_engine(settings.sql_url)
-    repo = CatalogRepository(engine)
-    try:
+    with AppParts(_settings(args)) as app:
+        keys = ApiKeys(app.catalog)
         if args.keys_command == "create":
-            created = ApiKeys(repo).create(args.role, args.merchant, args.warehouse)
+            created = keys.create(args.role, args.merchant, args.warehouse)
             p = created.principal
             print(f"created key {created.key_id}: role {p.role.value}, merchants "
                   f"{','.join(p.merchants) or '-'}, warehouses {','.join(p.warehouses) or '-'}"
@@ -194,54 +163,42 @@ def cmd_keys(args: argparse.Namespace) -> int:
             print(created.key)
             return 0
         if args.keys_command == "revoke":
-            if ApiKeys(repo).revoke(args.key_id):
+            if keys.revoke(args.key_id):
                 print(f"revoked key {args.key_id}")
                 return 0
             print(f"error: no active key {args.key_id}", file=sys.stderr)
             return 1
         print(f"{'id':>4}  {'role':<10} {'merchants':<20} {'warehouses':<20} created"
               f"{'  revoked' if args.all else ''}")
-        for row in repo.list_api_keys(include_revoked=args.all):
+        for row in app.catalog.list_api_keys(include_revoked=args.all):
             revoked = f"  {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else ""
             print(f"{row.id:>4}  {row.role:<10} {row.merchant or '-':<20} "
                   f"{row.warehouse or '-':<20} {row.created_at:%Y-%m-%d %H:%M}{revoked}")
         return 0
-    finally:
-        engine.dispose()
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from backend.app import make_encoder, open_vector_store, prepare_database
-    from backend.config import Settings
-    from backend.domain.indexing import Indexer
+    from backend.app import AppParts
     from backend.domain.reconcile import Reconciler
     from backend.domain.types import Product
-    from backend.stores.catalog.db import make_engine
-    from backend.stores.catalog.repository import CatalogRepository
 
     settings = _settings(args)
-    assert isinstance(settings, Settings)
-    prepare_database(settings)
-    catalog = CatalogRepository(make_engine(settings.sql_url))
-    vectors = open_vector_store(settings)  # StoreBusy while a server owns the shard
-    encoder = make_encoder(settings)
-    try:
-        reconciler = Reconciler(catalog, vectors, settings.collection, encoder.model_version)
+    with AppParts(settings) as app:
+        # The catalog first, then the vector store: StoreBusy while a server owns the shard.
+        reconciler = Reconciler(app.catalog, app.vectors, settings.collection,
+                                app.encoder.model_version)
         report = reconciler.check()
         print(("before: " if args.fix else "") + report.summary())
         if not args.fix:
             return 0 if report.differences == 0 else 1
 
         def index(collection: str, products: list[Product]) -> None:
-            encoder.start()
-            Indexer(catalog, vectors, encoder, settings.collection,
-                    settings.search.max_image_pixels).index_products(collection, products)
+            app.encoder.start()
+            app.indexer.index_products(collection, products)
 
         after = reconciler.fix(report, index)
         print("after:  " + after.summary())
         return 0 if after.differences == 0 else 1
-    finally:
-        vectors.close()
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
@@ -249,80 +206,49 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from backend.app import make_encoder, open_vector_store, prepare_database
-    from backend.config import Settings
-    from backend.domain.ports import VectorEncoder
-    from backend.domain.reindex import (
-        Reindexer,
-        baseline_encoder_for,
-        built_by,
-        safe_version,
-        write_report,
-    )
-    from backend.stores.catalog.db import make_engine
-    from backend.stores.catalog.repository import CatalogRepository
+    from backend.app import AppParts, baseline_encoder
+    from backend.domain.reindex import built_by, safe_version, write_report
 
     settings = _settings(args)
-    assert isinstance(settings, Settings)
-    encoder = make_encoder(settings)
-    if args.model and safe_version(args.model) != safe_version(encoder.model_version):
-        print(f"error: the configured encoder is model version {encoder.model_version!r}, not "
-              f"{args.model!r}: set PRODSEARCH_ENCODER__TEXT_MODEL / __FUSION_CHECKPOINT (the "
-              "same settings the servers will run with)", file=sys.stderr)
-        return 2
-    prepare_database(settings)
-    engine = make_engine(settings.sql_url)
-    catalog = CatalogRepository(engine)
-    vectors = open_vector_store(settings)  # StoreBusy while a server owns the embedded store
-    try:
+    with AppParts(settings) as app:
+        # The encoder first: a wrong --model is refused before anything is opened.
+        version = app.encoder.model_version
+        if args.model and safe_version(args.model) != safe_version(version):
+            print(f"error: the configured encoder is model version {version!r}, not "
+                  f"{args.model!r}: set PRODSEARCH_ENCODER__TEXT_MODEL / __FUSION_CHECKPOINT "
+                  "(the same settings the servers will run with)", file=sys.stderr)
+            return 2
         alias = settings.collection
-        current = vectors.resolve(alias)
+        current = app.vectors.resolve(alias)  # StoreBusy while a server owns the shard
         if (current != alias and not args.rebuild
-                and built_by(alias, current) == safe_version(encoder.model_version)):
-            print(f"{alias!r} -> {current} is already built by {encoder.model_version}; "
+                and built_by(alias, current) == safe_version(version)):
+            print(f"{alias!r} -> {current} is already built by {version}; "
                   "nothing to do (--rebuild builds it again)")
             return 0
-
-        def make(overrides: dict[str, object]) -> VectorEncoder:
-            enc = settings.encoder.model_copy(update={"worker_url": "", **overrides})
-            return make_encoder(settings.model_copy(update={"encoder": enc}))
-
-        others = [m for m in ("multilingual", "minilm") if m != settings.encoder.text_model]
-        # The collection before the fusion model shipped, or one of another text model.
-        candidates: list[dict[str, object]] = [{"fusion_checkpoint": "none"}]
-        candidates += [{"text_model": m, "fusion_checkpoint": "none"} for m in others]
-        candidates += [{"text_model": m} for m in others]
-        baseline = (baseline_encoder_for(current, alias, make, candidates)
-                    if current != alias else None)
-        reindexer = Reindexer(catalog, engine, vectors, encoder, alias,
-                              shards=settings.qdrant_shards, replicas=settings.qdrant_replicas,
-                              batch=settings.indexer_batch,
-                              max_image_pixels=settings.search.max_image_pixels)
+        baseline = baseline_encoder(settings, current) if current != alias else None
         with tqdm(desc="reindex", unit="product") as bar:
 
             def set_total(n: int) -> None:
                 bar.total = n
                 bar.refresh()
 
-            result = reindexer.run(force=args.force, margin=args.margin, sample=args.sample,
-                                   baseline_encoder=baseline, keep_old=args.keep_old,
-                                   grace_s=args.grace, progress=bar.update, total=set_total)
-        write_report(result, settings.data_dir / "reindex" / f"{result.new}.json")
-        if args.json:
-            print(json.dumps(result.to_dict(), indent=2, default=str))
-        else:
-            for label, q in (("current", result.old_quality), ("new", result.new_quality)):
-                if q is not None:
-                    print(f"{label:>7}: photo Recall@1 {q.photo_recall_at_1:.3f}, "
-                          f"title Recall@5 {q.text_recall_at_5:.3f} ({q.sample} products)")
-            for note in result.notes:
-                print(f"note: {note}")
-            print(f"{result.products} products, {result.points} vectors, {result.replayed} "
-                  f"changed during the build; {result.message} ({result.seconds:.0f} s)")
-        return 0 if result.switched else 1
-    finally:
-        vectors.close()
-        engine.dispose()
+            result = app.reindexer.run(
+                force=args.force, margin=args.margin, sample=args.sample,
+                baseline_encoder=baseline, keep_old=args.keep_old, grace_s=args.grace,
+                progress=bar.update, total=set_total)
+    write_report(result, settings.data_dir / "reindex" / f"{result.new}.json")
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        for label, q in (("current", result.old_quality), ("new", result.new_quality)):
+            if q is not None:
+                print(f"{label:>7}: photo Recall@1 {q.photo_recall_at_1:.3f}, "
+                      f"title Recall@5 {q.text_recall_at_5:.3f} ({q.sample} products)")
+        for note in result.notes:
+            print(f"note: {note}")
+        print(f"{result.products} products, {result.points} vectors, {result.replayed} "
+              f"changed during the build; {result.message} ({result.seconds:.0f} s)")
+    return 0 if result.switched else 1
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -340,24 +266,19 @@ def _eval_match(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from backend.app import make_encoder, prepare_database
-    from backend.config import Settings
+    from backend.app import AppParts
     from backend.match_job import calibrate_matching
-    from backend.stores.catalog.db import make_engine
-    from backend.stores.catalog.repository import CatalogRepository
 
     settings = _settings(args)
-    assert isinstance(settings, Settings)
-    prepare_database(settings)
-    catalog = CatalogRepository(make_engine(settings.sql_url))
-    encoder = make_encoder(settings)
-    encoder.start()
 
     def bar(total: int) -> Callable[[int], object]:
         return tqdm(total=total, desc="match pairs", unit="pair").update
 
-    report = calibrate_matching(settings, catalog, encoder, limit=args.limit or 200,
-                                progress_factory=bar)
+    with AppParts(settings) as app:
+        catalog = app.catalog
+        app.encoder.start()
+        report = calibrate_matching(settings, catalog, app.encoder, limit=args.limit or 200,
+                                    progress_factory=bar)
     print(json.dumps(report, ensure_ascii=False, indent=None if args.json else 2))
     return 0
 
@@ -377,11 +298,9 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from backend.app import build_app
-    from backend.config import Settings
     from backend.domain.dedup import find_duplicates
 
     settings = _settings(args)
-    assert isinstance(settings, Settings)
     app = build_app(settings)
     try:
         calibration = app.match.calibration()

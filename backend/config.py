@@ -7,17 +7,36 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
 from backend.errors import ConfigError
+from encoders.checkpoints import FusionCheckpoint
+
+# The fusion setting, parsed once here: "none", "shipped" (or "") or a checkpoint path. An
+# environment value is a plain string (NoDecode: not JSON, although the type is structured).
+FusionSetting = Annotated[
+    FusionCheckpoint,
+    NoDecode,
+    BeforeValidator(FusionCheckpoint.parse),
+    PlainSerializer(str, return_type=str),
+]
 
 
 class EncoderSettings(BaseModel):
@@ -31,11 +50,11 @@ class EncoderSettings(BaseModel):
     max_wait_ms: float = Field(5.0, ge=0, le=1000)
     max_queue: int = Field(256, ge=1)
     threads: int = Field(0, ge=0)  # torch intra-op threads, 0 = library default
-    # "none" (default): image and text vectors only; "shipped": the fusion checkpoint shipped
-    # in encoders/checkpoints; or a checkpoint path. Off by default because the shipped model
-    # loses to the pretrained vectors on product photos and on text (README, "Model quality")
-    # and its image path cannot use the ONNX runtime.
-    fusion_checkpoint: str = "none"
+    # "none" (default): image and text vectors only; "shipped" (or ""): the fusion checkpoint
+    # shipped in encoders/checkpoints; or a checkpoint path. Off by default because the
+    # shipped model loses to the pretrained vectors on product photos and on text (README,
+    # "Model quality") and its image path cannot use the ONNX runtime.
+    fusion_checkpoint: FusionSetting = FusionCheckpoint.NONE
     worker_url: str = ""  # host:port of a remote encoder worker; empty = encode in-process
     # CPU models: "onnx" (ONNX Runtime, several times faster; vectors agree with torch to
     # cosine >= 0.9999) or "torch" (eager PyTorch, the reference). GPUs always run torch fp16.

@@ -21,13 +21,11 @@ vector for any input with an image:
 training can only move it from that starting point (where to look, what to add from the
 text), not start from noise.
 
-Checkpoints are plain dicts (tensors, numbers, strings) loaded with `weights_only=True`.
+Checkpoints (format, shipped files, loading) are `encoders.checkpoints`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,29 +37,17 @@ import torch
 from torch import nn
 
 from encoders.base import EncoderModel, l2_normalize
+from encoders.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, state_hash
+from encoders.lstm import LSTMTextNet
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
-    "DEFAULT_CHECKPOINT",
-    "SHIPPED_CHECKPOINTS",
     "FusionConfig",
     "FusionEncoder",
     "FusionInput",
     "FusionModel",
-    "load_checkpoint",
-    "state_hash",
 ]
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = 1
-_CHECKPOINTS = Path(__file__).parent / "checkpoints"
-DEFAULT_CHECKPOINT = _CHECKPOINTS / "fusion-default.pt"
-# The checkpoint that ships for each text model (see checkpoints/README.md).
-SHIPPED_CHECKPOINTS = {
-    "multilingual": DEFAULT_CHECKPOINT,
-    "lstm": _CHECKPOINTS / "fusion-lstm.pt",
-}
 
 MODES = ("image", "text", "fused")
 
@@ -122,8 +108,6 @@ class FusionModel(nn.Module):
         self.pool_scale = nn.Parameter(torch.ones(config.image_dim))
         self.lstm: nn.Module | None = None
         if config.text_model == "lstm":
-            from encoders.lstm import LSTMTextNet
-
             self.lstm = LSTMTextNet(**config.lstm)
 
     def text_tokens(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -177,27 +161,6 @@ class FusionModel(nn.Module):
             skip = (weights * image.float()).sum(dim=1) * self.pool_scale
             vec = vec + nn.functional.normalize(skip, dim=-1)
         return nn.functional.normalize(vec.float(), dim=-1)
-
-
-def state_hash(state: dict[str, torch.Tensor]) -> str:
-    """12 hex digits over the weights (names, shapes, values): the checkpoint's identity."""
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        buf = io.BytesIO()
-        np.save(buf, t.float().numpy(), allow_pickle=False)
-        h.update(buf.getvalue())
-    return h.hexdigest()[:12]
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A training or shipped checkpoint (tensors and plain values only)."""
-    ckpt: dict[str, Any] = torch.load(str(path), map_location="cpu", weights_only=True)
-    if ckpt.get("format") != CHECKPOINT_FORMAT or "model" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"{path} is not a fusion checkpoint (format {CHECKPOINT_FORMAT})")
-    return ckpt
 
 
 @dataclass

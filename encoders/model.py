@@ -6,43 +6,41 @@ vector for every element: the trained Transformer over image and text tokens, wh
 projection heads put image-only, text-only and image+text inputs in ONE space. Callers look
 vectors up by name and read the names from `dims`.
 
-`fusion_checkpoint`: "none" (default) = no fusion, "" = the checkpoint shipped in
-`encoders/checkpoints/` for this text model (multilingual: fusion-default.pt, lstm:
-fusion-lstm.pt; other text models have none), a path = that checkpoint,
-None = a freshly initialised (untrained) fusion model, for comparisons.
+`fusion_checkpoint` (`encoders.checkpoints.FusionCheckpoint`, or a setting's spelling):
+none (default) = no fusion; shipped = the checkpoint shipped in `encoders/checkpoints/` for
+this text model (multilingual: fusion-default.pt, lstm: fusion-lstm.pt; other text models
+have none); a path = that checkpoint; untrained = freshly initialised weights, for
+comparisons. `runtime` ("torch" or "onnx") picks the networks' runtime once, here
+(`encoders.selection`); `self.runtime` says which one really runs.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL.Image import Image
 
 from encoders.base import l2_normalize
-from encoders.fusion import (
-    DEFAULT_CHECKPOINT,
-    SHIPPED_CHECKPOINTS,
-    FusionConfig,
-    FusionEncoder,
-    FusionInput,
-    load_checkpoint,
-)
+from encoders.checkpoints import FusionCheckpoint
+from encoders.fusion import FusionEncoder, FusionInput
 from encoders.image import Box, EfficientNetLite0Encoder, crop_boxes
 from encoders.localise import query_views
 from encoders.preprocess import letterbox
-from encoders.text import TextEncoder, make_text_encoder
+from encoders.selection import (
+    Runtime,
+    make_fusion,
+    make_image_encoder,
+    make_text_model,
+    resolve_runtime,
+)
+from encoders.text import TextEncoder
 
-__all__ = ["IMAGE_MODELS", "PIPELINE_VERSION", "ProductEncoder"]
+__all__ = ["PIPELINE_VERSION", "ProductEncoder"]
 
 log = logging.getLogger(__name__)
-
-IMAGE_MODELS: dict[str, Callable[[str], EfficientNetLite0Encoder]] = {
-    "efficientnet_lite0": lambda device: EfficientNetLite0Encoder(device=device),
-}
 
 # Short, stable tags for the model version string (it ends up in collection names).
 _VERSION_TAGS = {
@@ -51,7 +49,6 @@ _VERSION_TAGS = {
     "multilingual": "use-m3",
     "lstm": "lstm",
 }
-_TEXT_DIMS = {"multilingual": 512, "minilm": 384}
 
 # Bump whenever preprocessing or pooling changes, i.e. whenever the same models would
 # produce different vectors for the same input (letterbox vs crop, normalisation, ...).
@@ -67,27 +64,22 @@ class ProductEncoder:
         text_model: str = "multilingual",
         device: str = "auto",
         threads: int = 0,
-        fusion_checkpoint: str | None = "none",
+        fusion_checkpoint: FusionCheckpoint | str = FusionCheckpoint.NONE,
+        runtime: str = "torch",
     ) -> None:
-        if image_model not in IMAGE_MODELS:
-            valid = ", ".join(sorted(IMAGE_MODELS))
-            raise ValueError(f"unknown image model {image_model!r}; valid names: {valid}")
         if threads < 0:
             raise ValueError(f"threads must be >= 0, got {threads}")
         self.threads = threads
-        self.image = IMAGE_MODELS[image_model](device)
-        self.fusion: FusionEncoder | None = self._make_fusion(
-            fusion_checkpoint, text_model, device)
-        text_kw: dict[str, object] = {"device": device}
-        if text_model == "multilingual":
-            text_kw["threads"] = threads
-        if text_model == "lstm":
-            if self.fusion is None or self.fusion.checkpoint_path is None:
-                raise ValueError("the LSTM text model needs a fusion checkpoint trained with it")
-            text_kw["checkpoint"] = self.fusion.checkpoint_path
-        self.text: TextEncoder = make_text_encoder(text_model, **text_kw)
+        self.runtime: Runtime = resolve_runtime(runtime, device)
+        self.image: EfficientNetLite0Encoder = make_image_encoder(
+            image_model, device, self.runtime, threads)
+        self.fusion: FusionEncoder | None = make_fusion(
+            FusionCheckpoint.parse(fusion_checkpoint), text_model, device)
+        self.text: TextEncoder = make_text_model(
+            text_model, device, self.runtime, threads,
+            lstm_checkpoint=self.fusion.checkpoint_path if self.fusion is not None else None)
         # Fp16 on a GPU only rounds the same model's vectors: not a reason to re-index, so
-        # the device is deliberately not part of the version.
+        # the device (like the runtime) is deliberately not part of the version.
         self.model_version = (
             f"{_VERSION_TAGS[image_model]}+{_VERSION_TAGS[text_model]}.v{PIPELINE_VERSION}"
         )
@@ -95,34 +87,6 @@ class ProductEncoder:
         if self.fusion is not None:
             self.model_version += f"+{self.fusion.version}"
             self.dims["fused"] = self.fusion.dim
-
-    @staticmethod
-    def _make_fusion(checkpoint: str | None, text_model: str, device: str
-                     ) -> FusionEncoder | None:
-        if checkpoint is None:
-            if text_model not in _TEXT_DIMS:
-                raise ValueError(f"no untrained fusion model for text model {text_model!r}")
-            return FusionEncoder.untrained(
-                FusionConfig(text_model=text_model, text_dim=_TEXT_DIMS[text_model]),
-                device=device)
-        if checkpoint.strip().lower() == "none":
-            return None
-        shipped = checkpoint == ""
-        path = (SHIPPED_CHECKPOINTS.get(text_model, DEFAULT_CHECKPOINT) if shipped
-                else Path(checkpoint).expanduser())
-        if shipped and not path.exists():
-            log.warning("no fusion checkpoint shipped at %s: no fused vector", path)
-            return None
-        trained_for = load_checkpoint(path)["config"].get("text_model")
-        if trained_for != text_model:
-            if shipped:
-                log.warning("the shipped fusion model was trained for text model %r, not %r: "
-                            "no fused vector (train one: prodsearch train --text-model %s)",
-                            trained_for, text_model, text_model)
-                return None
-            raise ValueError(f"fusion checkpoint {path} was trained for text model "
-                             f"{trained_for!r}, not {text_model!r}")
-        return FusionEncoder(path, device=device)
 
     @property
     def loaded(self) -> bool:

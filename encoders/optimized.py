@@ -10,13 +10,13 @@ Only the CPU takes this path: on a GPU the torch models run in fp16 with channel
 The model version does not change: like fp16 on a GPU, a different runtime only rounds the
 same model's vectors, so nothing has to be re-indexed.
 
-Selected by `PRODSEARCH_ENCODER__RUNTIME=onnx|torch` (see `backend/app.py:make_encoder`).
+Selected by `PRODSEARCH_ENCODER__RUNTIME=onnx|torch`: `ProductEncoder(runtime=...)` builds
+these classes or the torch ones (`encoders/selection.py`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import tempfile
 import threading
@@ -28,20 +28,15 @@ import numpy as np
 import torch
 
 from encoders.image import EfficientNetLite0Encoder
-from encoders.model import ProductEncoder
 from encoders.text import MiniLMTextEncoder
 
 __all__ = [
-    "RUNTIMES",
     "OnnxEfficientNetLite0Encoder",
     "OnnxMiniLMTextEncoder",
     "onnx_available",
-    "optimize",
 ]
 
-log = logging.getLogger(__name__)
 
-RUNTIMES = ("torch", "onnx")
 _OPSET = 17
 _export_lock = threading.Lock()
 
@@ -274,38 +269,3 @@ def _normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
-
-
-def optimize(
-    encoder: ProductEncoder, runtime: str = "onnx", *, quantize_text: bool = False
-) -> ProductEncoder:
-    """Switch a (not yet loaded) ProductEncoder's CPU models to ONNX Runtime in place.
-
-    `runtime="torch"` leaves it as it is. On a CUDA device the torch models stay (fp16 is the
-    fast path there). Which models were switched is recorded in `encoder.runtime`.
-    """
-    if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
-    encoder.runtime = "torch"  # type: ignore[attr-defined]
-    if runtime == "torch":
-        return encoder
-    if encoder.loaded:
-        raise RuntimeError("optimize() must run before the encoder is loaded")
-    device = encoder.image.requested_device
-    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if on_gpu:
-        log.info("runtime=onnx ignored on %s: the torch fp16 path is used", device)
-        return encoder
-    if not onnx_available():
-        log.warning("onnxruntime is not installed: using the torch path")
-        return encoder
-    threads = encoder.threads
-    if isinstance(encoder.image, EfficientNetLite0Encoder):
-        encoder.image = OnnxEfficientNetLite0Encoder(threads=threads)
-    if type(encoder.text) is MiniLMTextEncoder:
-        encoder.text = OnnxMiniLMTextEncoder(
-            max_length=encoder.text.max_length, threads=threads, quantize=quantize_text
-        )
-    encoder.runtime = "onnx"  # type: ignore[attr-defined]
-    return encoder
-

@@ -1,20 +1,24 @@
-"""Text encoders: all-MiniLM-L6-v2 (English, transformers) and USE multilingual v3
-(Chinese + English, pure numpy). Both load from files inside installed packages; nothing is
-fetched from a hub."""
+"""Text encoders: all-MiniLM-L6-v2 (English, transformers), USE multilingual v3 (Chinese +
+English, pure numpy) and the LSTM trained with the fusion model. They load from files inside
+installed packages or from a fusion checkpoint; nothing is fetched from a hub."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from encoders.base import EncoderModel, l2_normalize
+from encoders.checkpoints import SHIPPED_CHECKPOINTS, load_checkpoint
+from encoders.lstm import LSTMTextNet, tokenize
 
 __all__ = [
     "TEXT_ENCODERS",
+    "LSTMTextEncoder",
     "MiniLMTextEncoder",
     "MultilingualTextEncoder",
     "TextEncoder",
@@ -147,17 +151,58 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _lstm(**kw: Any) -> TextEncoder:
-    from encoders.lstm import LSTMTextEncoder
+class LSTMTextEncoder(TextEncoder):
+    """The LSTM as a selectable text encoder; weights from a fusion checkpoint trained with
+    the LSTM text model."""
 
-    return LSTMTextEncoder(**kw)
+    name = "lstm"
+
+    def __init__(self, device: str = "auto", checkpoint: str | Path | None = None) -> None:
+        super().__init__(device)
+        path = Path(checkpoint) if checkpoint else SHIPPED_CHECKPOINTS["lstm"]
+        if not path.exists():
+            raise ValueError(
+                "the LSTM text encoder has no pretrained weights: train them with "
+                "`prodsearch train --text-model lstm` and set the fusion checkpoint")
+        ckpt = load_checkpoint(path)
+        settings = ckpt["config"].get("lstm") or {}
+        if ckpt["config"].get("text_model") != "lstm" or not settings:
+            raise ValueError(f"{path} was not trained with the LSTM text model")
+        self.settings = {k: int(v) for k, v in settings.items()}
+        self.dim = 2 * self.settings["hidden"]
+        prefix = "lstm."
+        self._state = {k[len(prefix):]: v.float() for k, v in ckpt["model"].items()
+                       if k.startswith(prefix)}
+        self._net: LSTMTextNet | None = None
+
+    def _load(self) -> torch.nn.Module:
+        net = LSTMTextNet(**self.settings)
+        net.load_state_dict(self._state, strict=True)
+        net.to(self.device)
+        self._net = net
+        return net
+
+    def _encode(self, inputs: list[str]) -> np.ndarray:
+        if not inputs:
+            return self._empty()
+        assert self._net is not None
+        ids, mask = tokenize(inputs)
+        return l2_normalize(self._net.sentence(ids.to(self.device), mask.to(self.device)))
+
+    def encode_with_tokens(self, texts: Sequence[str]
+                           ) -> tuple[np.ndarray, list[torch.Tensor]]:
+        """Sentence vectors, and per text its token ids (the fusion model runs its own copy
+        of the LSTM over them)."""
+        vectors = self.encode(texts)
+        ids, mask = tokenize(texts)
+        return vectors, [row[m] for row, m in zip(ids, mask, strict=True)]
 
 
 TEXT_ENCODERS: dict[str, Callable[..., TextEncoder]] = {
     "minilm": MiniLMTextEncoder,
     "multilingual": MultilingualTextEncoder,
     # Trained from scratch with the fusion model; weights from its checkpoint (checkpoint=).
-    "lstm": _lstm,
+    "lstm": LSTMTextEncoder,
 }
 
 

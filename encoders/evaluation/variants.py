@@ -56,9 +56,10 @@ class JointEncoder(Protocol):
 
 
 def _load_fused_trained(device: str) -> JointEncoder:
+    from encoders.checkpoints import FusionCheckpoint
     from encoders.model import ProductEncoder
 
-    encoder = ProductEncoder(device=device, fusion_checkpoint="")
+    encoder = ProductEncoder(device=device, fusion_checkpoint=FusionCheckpoint.SHIPPED)
     if "fused" not in encoder.dims:
         raise Unavailable("ProductEncoder has no 'fused' vector yet (no trained fusion model)")
     encoder.load()
@@ -66,9 +67,10 @@ def _load_fused_trained(device: str) -> JointEncoder:
 
 
 def _load_fused_untrained(device: str) -> JointEncoder:
+    from encoders.checkpoints import FusionCheckpoint
     from encoders.model import ProductEncoder
 
-    encoder = ProductEncoder(device=device, fusion_checkpoint=None)
+    encoder = ProductEncoder(device=device, fusion_checkpoint=FusionCheckpoint.UNTRAINED)
     if "fused" not in encoder.dims:
         raise Unavailable("ProductEncoder has no 'fused' vector yet")
     encoder.load()
@@ -95,13 +97,11 @@ class Context:
 
     def backbone(self) -> Any:
         if self._backbone is None:
-            from encoders.image import EfficientNetLite0Encoder
-            from encoders.optimized import OnnxEfficientNetLite0Encoder, onnx_available
+            from encoders.selection import make_image_encoder, resolve_runtime
 
             # On a CPU, the runtime search uses (same vectors to cosine >= 0.9999, ~4x faster).
-            self._backbone = (
-                OnnxEfficientNetLite0Encoder() if self.device == "cpu" and onnx_available()
-                else EfficientNetLite0Encoder(device=self.device))
+            runtime = resolve_runtime("onnx" if self.device == "cpu" else "torch", self.device)
+            self._backbone = make_image_encoder("efficientnet_lite0", self.device, runtime)
             self._backbone.load()
         return self._backbone
 

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from encoders.fusion import CHECKPOINT_FORMAT, FusionConfig, FusionModel, state_hash
+from encoders.checkpoints import CHECKPOINT_FORMAT, state_hash
+from encoders.fusion import FusionConfig, FusionModel
 from encoders.training.cache import FeatureCache, build_cache
 from encoders.training.data import Item
 from encoders.training.losses import info_nce, multi_positive_nce

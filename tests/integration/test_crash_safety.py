@@ -13,7 +13,6 @@ Run as `python -m tests.integration.test_crash_safety child|reconcile DATA_DIR [
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -21,62 +20,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
 
-import numpy as np
 from PIL import Image
 
 from backend.stores.vectors.base import PointPayload
+from tests.fakes import FAKE_VERSION, FakeEncoder
 
-FAKE_VERSION = "fake-encoder.v1"
-DIM = 8
 N_PRODUCTS = 300
 MIN_KILLS = 10
 PHASES = ("sql", "encode", "upsert")
-
-
-class FakeEncoder:
-    """Deterministic unit vectors from image pixels and text; same protocol as the worker."""
-
-    model_version = FAKE_VERSION
-    dims: ClassVar[dict[str, int]] = {"image": DIM, "text": DIM}
-
-    def __init__(self, delay_s: float = 0.003, announce: bool = False) -> None:
-        self._delay = delay_s
-        self._announce = announce
-
-    def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    @staticmethod
-    def _vec(data: bytes) -> np.ndarray:
-        seed = int.from_bytes(hashlib.sha256(data).digest()[:8], "little")
-        v = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
-        return v / np.linalg.norm(v)
-
-    async def encode(self, image: Image.Image | None, text: str | None
-                     ) -> dict[str, np.ndarray]:
-        return self.encode_many([image], [text])[0]
-
-    def encode_many(self, images: Sequence[Image.Image | None], texts: Sequence[str | None]
-                    ) -> list[dict[str, np.ndarray]]:
-        if self._announce:
-            _say("phase encode")
-        out = []
-        for image, text in zip(images, texts, strict=True):
-            time.sleep(self._delay)
-            vectors: dict[str, np.ndarray] = {}
-            if image is not None:
-                vectors["image"] = self._vec(image.tobytes())
-            if text is not None:
-                vectors["text"] = self._vec(text.encode())
-            out.append(vectors)
-        return out
 
 
 def _say(line: str) -> None:
@@ -91,7 +44,8 @@ def _child(command: str, data_dir: str, file: str = "") -> int:
     from backend.stores.catalog.repository import CatalogRepository
     from backend.stores.vectors.edge import EdgeVectorStore
 
-    backend.app.make_encoder = lambda settings: FakeEncoder(announce=True)  # type: ignore
+    backend.app.make_encoder = lambda settings: FakeEncoder(  # type: ignore
+        delay_s=0.003, before_batch=lambda: _say("phase encode"))
     upsert_products = CatalogRepository.upsert_products
 
     def upsert_announced(self: CatalogRepository, items: list) -> list:  # type: ignore[type-arg]

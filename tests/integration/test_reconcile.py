@@ -19,7 +19,8 @@ from backend.stores.catalog.db import make_engine
 from backend.stores.catalog.repository import CatalogRepository, InventoryChange
 from backend.stores.vectors.base import PayloadPatch, PointPayload, VectorPoint, point_id
 from backend.stores.vectors.edge import EdgeVectorStore
-from tests.integration.test_crash_safety import FAKE_VERSION, FakeEncoder, make_catalog
+from tests.fakes import FAKE_VERSION, FakeEncoder
+from tests.integration.test_crash_safety import make_catalog
 
 
 def test_reconcile_finds_and_repairs_every_kind_of_difference(tmp_path: Path) -> None:
@@ -30,7 +31,7 @@ def test_reconcile_finds_and_repairs_every_kind_of_difference(tmp_path: Path) ->
     vectors = EdgeVectorStore(settings.vectors_dir)
     try:
         catalog = CatalogRepository(engine)
-        encoder = FakeEncoder(delay_s=0)
+        encoder = FakeEncoder()
         ingest_file(make_catalog(tmp_path / "src", 12), catalog)
         ensure_collection(vectors, settings, encoder)  # type: ignore[arg-type]
         indexer = Indexer(catalog, vectors, encoder, settings.collection)  # type: ignore[arg-type]

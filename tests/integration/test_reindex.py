@@ -7,14 +7,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
 
 import grpc
-import numpy as np
 import pytest
-from PIL import Image
 
 from backend.app import build_app, ensure_collection
 from backend.config import load_settings
@@ -30,6 +26,7 @@ from backend.domain.reindex import (
 from backend.domain.types import ProductInput
 from backend.stores.vectors.edge import EdgeVectorStore
 from backend.transport.grpc.generated.product_search.v1 import product_search_pb2 as pb
+from tests.fakes import FakeEncoder
 from tests.integration.conftest import Running
 
 
@@ -138,36 +135,6 @@ def test_refused_switch_keeps_the_current_collection(running: Running) -> None:
 DIM = 8
 
 
-class TinyEncoder:
-    """Deterministic vectors; the model version and dimension are chosen by the test."""
-
-    dims: ClassVar[dict[str, int]]
-
-    def __init__(self, version: str, dim: int = DIM) -> None:
-        self.model_version = version
-        self.dims = {"image": dim, "text": dim}
-
-    def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    async def encode(self, image: Image.Image | None, text: str | None
-                     ) -> dict[str, np.ndarray]:
-        return self.encode_many([image], [text])[0]
-
-    def encode_many(self, images: Sequence[Image.Image | None], texts: Sequence[str | None]
-                    ) -> list[dict[str, np.ndarray]]:
-        out = []
-        for image, text in zip(images, texts, strict=True):
-            seed = hash((image.tobytes() if image is not None else b"", text)) % 2**32
-            v = np.random.default_rng(seed).normal(size=self.dims["text"]).astype(np.float32)
-            v /= np.linalg.norm(v)
-            out.append({name: v for name in self.dims})
-        return out
-
-
 def _product(n: int) -> ProductInput:
     return ProductInput(sku=f"S{n}", merchant="m", title=f"thing {n}", category="c/d",
                         price=1.0 + n)
@@ -175,7 +142,7 @@ def _product(n: int) -> ProductInput:
 
 def test_other_model_version_is_refused_or_rebuilt(tmp_path: Path) -> None:
     settings = load_settings(data_dir=tmp_path, auth={"enabled": False})
-    app = build_app(settings, TinyEncoder("tiny-a"))
+    app = build_app(settings, FakeEncoder("tiny-a", DIM))
     app.catalog.upsert_products([_product(n) for n in range(5)])
     app.indexer.drain()
     assert app.vectors.resolve("products") == "products__tiny_a"
@@ -183,16 +150,16 @@ def test_other_model_version_is_refused_or_rebuilt(tmp_path: Path) -> None:
 
     # Refused where the store cannot be rebuilt in-process (a server deployment).
     with pytest.raises(ModelVersionMismatch, match="prodsearch reindex"):
-        build_app(settings, TinyEncoder("tiny-b", dim=12), auto_reindex=False)
+        build_app(settings, FakeEncoder("tiny-b", 12), auto_reindex=False)
     store = EdgeVectorStore(settings.vectors_dir)
     try:
         with pytest.raises(ModelVersionMismatch):
-            ensure_collection(store, settings, TinyEncoder("tiny-b", dim=12))  # type: ignore[arg-type]
+            ensure_collection(store, settings, FakeEncoder("tiny-b", 12))  # type: ignore[arg-type]
     finally:
         store.close()
 
     # The embedded default rebuilds for the new model by itself.
-    app = build_app(settings, TinyEncoder("tiny-b", dim=12))
+    app = build_app(settings, FakeEncoder("tiny-b", 12))
     try:
         assert app.vectors.resolve("products") == "products__tiny_b"
         assert app.vectors.count("products") == 5

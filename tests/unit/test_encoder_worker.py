@@ -29,8 +29,8 @@ from backend.transport.grpc.generated.product_search.v1 import encoder_pb2 as pb
 from backend.transport.grpc.generated.product_search.v1 import encoder_pb2_grpc as rpc
 from encoders.batcher import QueueFull
 from encoders.model import ProductEncoder
-from encoders.preprocess import letterbox
 from encoders.worker import EncoderWorker
+from tests.fakes import FakeEncoder
 
 T = TypeVar("T")
 
@@ -67,50 +67,9 @@ class _Served:
         self.loop.close()
 
 
-# -- a fake model: controllable timing, records what it ran -------------------------------
-
-
-class _FakeImageModel:
-    input_size = 16
-    device = "cpu"
-
-
-class FakeEncoder:
-    model_version = "fake.v1"
-    dims = {"image": 4, "text": 4}  # noqa: RUF012
-
-    def __init__(self, delay_s: float = 0.0) -> None:
-        self.delay_s = delay_s
-        self.image = _FakeImageModel()
-        self.ran: list[str | None] = []
-        self.loaded = False
-
-    def load(self) -> None:
-        self.loaded = True
-
-    def prepare_image(self, image: Image.Image) -> Image.Image:
-        return letterbox(image, self.image.input_size)
-
-    def encode_batch(
-        self, images: list[Image.Image | None], texts: list[str | None]
-    ) -> list[dict[str, np.ndarray]]:
-        time.sleep(self.delay_s)
-        out: list[dict[str, np.ndarray]] = []
-        for img, txt in zip(images, texts, strict=True):
-            self.ran.append(txt)
-            if txt == "boom":
-                raise RuntimeError("model failure")
-            v: dict[str, np.ndarray] = {}
-            if txt is not None:
-                v["text"] = np.full(4, 0.5, dtype=np.float32) * (len(txt) % 3 + 1)
-            if img is not None:
-                v["image"] = np.ones(4, dtype=np.float32)
-            out.append(v)
-        return out
-
-
 def _fake_served(delay_s: float, *, batch: int, queue: int, wait_ms: float = 0.0) -> _Served:
-    enc = FakeEncoder(delay_s)
+    # A text "boom" fails inside the model, like a bug in it would.
+    enc = FakeEncoder(dim=4, delay_s=delay_s, fail_on="boom")
     worker = EncoderWorker(
         enc,  # type: ignore[arg-type]
         max_batch_size=batch,

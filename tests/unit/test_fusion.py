@@ -9,15 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.fusion import (
-    FusionConfig,
-    FusionEncoder,
-    FusionInput,
-    FusionModel,
-    load_checkpoint,
-    state_hash,
-)
-from encoders.lstm import LSTMTextEncoder, LSTMTextNet, tokenize
+from encoders.checkpoints import FusionCheckpoint, load_checkpoint, state_hash
+from encoders.fusion import FusionConfig, FusionEncoder, FusionInput, FusionModel
+from encoders.lstm import LSTMTextNet, tokenize
+from encoders.text import LSTMTextEncoder
 
 SMALL = FusionConfig(text_dim=16, d_model=32, heads=2, layers=1, ff_dim=64, dropout=0.0)
 OUT = SMALL.out_dim
@@ -157,7 +152,8 @@ def test_product_encoder_gives_fused_for_every_element() -> None:
 
     from encoders.model import ProductEncoder
 
-    enc = ProductEncoder(text_model="minilm", device="cpu", fusion_checkpoint=None)
+    enc = ProductEncoder(text_model="minilm", device="cpu",
+                         fusion_checkpoint=FusionCheckpoint.UNTRAINED)
     assert enc.dims["fused"] == enc.fusion.dim if enc.fusion else False
     assert enc.model_version.endswith("+fusion-untrained-s0")
     img = Image.new("RGB", (64, 48), (200, 30, 30))
@@ -174,12 +170,13 @@ def test_product_encoder_gives_fused_for_every_element() -> None:
     assert enc.query_image_vectors(img).shape[1] == enc.dims["fused"]
     with_crops = enc.query_image_vectors(img, crops=True)
     assert with_crops.shape[0] > 1 and with_crops.shape[1] == enc.dims["fused"]
-    plain = ProductEncoder(text_model="minilm", device="cpu", fusion_checkpoint="none")
+    plain = ProductEncoder(text_model="minilm", device="cpu",
+                           fusion_checkpoint=FusionCheckpoint.NONE)
     assert "fused" not in plain.dims
 
 
 def test_shipped_checkpoint_loads() -> None:
-    from encoders.fusion import DEFAULT_CHECKPOINT
+    from encoders.checkpoints import DEFAULT_CHECKPOINT
 
     assert DEFAULT_CHECKPOINT.exists(), "a fresh install must ship a trained fusion model"
     assert DEFAULT_CHECKPOINT.stat().st_size < 8 * 2**20
@@ -192,12 +189,13 @@ def test_shipped_checkpoint_loads() -> None:
 
 
 def test_shipped_lstm_checkpoint_serves_the_lstm_text_model() -> None:
-    from encoders.fusion import SHIPPED_CHECKPOINTS
+    from encoders.checkpoints import SHIPPED_CHECKPOINTS
     from encoders.model import ProductEncoder
 
     path = SHIPPED_CHECKPOINTS["lstm"]
     assert path.exists() and path.stat().st_size < 8 * 2**20
-    enc = ProductEncoder(text_model="lstm", device="cpu", fusion_checkpoint="")
+    enc = ProductEncoder(text_model="lstm", device="cpu",
+                         fusion_checkpoint=FusionCheckpoint.SHIPPED)
     assert enc.fusion is not None and enc.fusion.config.text_model == "lstm"
     assert "lstm" in enc.model_version and "fused" in enc.dims
     enc.load()
@@ -208,3 +206,38 @@ def test_shipped_lstm_checkpoint_serves_the_lstm_text_model() -> None:
     alone = LSTMTextEncoder(device="cpu")
     alone.load()
     assert np.allclose(alone.encode(["red bird"])[0], texts[0], atol=1e-5)
+
+
+@pytest.mark.parametrize(("spelling", "expected"), [
+    ("none", FusionCheckpoint.NONE), (" None ", FusionCheckpoint.NONE),
+    ("shipped", FusionCheckpoint.SHIPPED), ("", FusionCheckpoint.SHIPPED),
+    ("SHIPPED", FusionCheckpoint.SHIPPED),
+    ("/models/fusion.pt", FusionCheckpoint("path", Path("/models/fusion.pt"))),
+    ("~/fusion.pt", FusionCheckpoint("path", Path.home() / "fusion.pt")),
+])
+def test_fusion_setting_spellings_parse_to_one_type(spelling: str,
+                                                    expected: FusionCheckpoint) -> None:
+    parsed = FusionCheckpoint.parse(spelling)
+    assert parsed == expected
+    assert FusionCheckpoint.parse(str(parsed)) == parsed  # the setting round-trips
+    assert FusionCheckpoint.parse(parsed) is parsed
+
+
+def test_fusion_checkpoint_has_a_path_exactly_for_a_file() -> None:
+    with pytest.raises(ValueError):
+        FusionCheckpoint("path")
+    with pytest.raises(ValueError):
+        FusionCheckpoint("shipped", Path("x.pt"))
+
+
+def test_fusion_checkpoint_file_trained_for_another_text_model_is_refused() -> None:
+    from encoders.checkpoints import SHIPPED_CHECKPOINTS
+    from encoders.model import ProductEncoder
+
+    lstm_file = FusionCheckpoint.file(SHIPPED_CHECKPOINTS["lstm"])
+    with pytest.raises(ValueError, match="trained for text model 'lstm'"):
+        ProductEncoder(text_model="minilm", device="cpu", fusion_checkpoint=lstm_file)
+    # The shipped choice for a text model with no checkpoint of its own: no fused vector.
+    shipped = ProductEncoder(text_model="minilm", device="cpu",
+                             fusion_checkpoint=FusionCheckpoint.SHIPPED)
+    assert shipped.fusion is None and "fused" not in shipped.dims

@@ -24,11 +24,7 @@ from encoders.text import MiniLMTextEncoder
 
 pytest.importorskip("onnxruntime")
 
-from encoders.optimized import (
-    OnnxEfficientNetLite0Encoder,
-    OnnxMiniLMTextEncoder,
-    optimize,
-)
+from encoders.optimized import OnnxEfficientNetLite0Encoder, OnnxMiniLMTextEncoder
 
 CLIPART = Path("/usr/share/openclipart/png")
 MIN_COSINE = 0.99
@@ -115,17 +111,29 @@ def test_jpeg_draft_decode_keeps_vectors() -> None:
     assert decode_image(small.getvalue(), draft_px=224).size == (300, 300)
 
 
-def test_optimize_switches_only_cpu_models() -> None:
-    enc = optimize(ProductEncoder(text_model="minilm", device="cpu"), "onnx")
+def test_runtime_chosen_at_construction_switches_only_cpu_models() -> None:
+    enc = ProductEncoder(text_model="minilm", device="cpu", runtime="onnx")
     assert isinstance(enc.image, OnnxEfficientNetLite0Encoder)
     assert isinstance(enc.text, OnnxMiniLMTextEncoder)
-    assert enc.runtime == "onnx"  # type: ignore[attr-defined]
+    assert enc.runtime == "onnx"
     version = ProductEncoder(text_model="minilm", device="cpu").model_version
     assert enc.model_version == version  # same model, same collection
-    ref = optimize(ProductEncoder(text_model="minilm", device="cpu"), "torch")
-    assert type(ref.image) is EfficientNetLite0Encoder
-    multi = optimize(ProductEncoder(text_model="multilingual", device="cpu"), "onnx")
+    ref = ProductEncoder(text_model="minilm", device="cpu", runtime="torch")
+    assert type(ref.image) is EfficientNetLite0Encoder and ref.runtime == "torch"
+    assert type(ref.text) is MiniLMTextEncoder
+    multi = ProductEncoder(text_model="multilingual", device="cpu", runtime="onnx")
     assert isinstance(multi.image, OnnxEfficientNetLite0Encoder)
     assert type(multi.text).__name__ == "MultilingualTextEncoder"  # numpy already
     with pytest.raises(ValueError):
-        optimize(ProductEncoder(device="cpu"), "tensorrt")
+        ProductEncoder(device="cpu", runtime="tensorrt")
+
+
+def test_onnx_runtime_falls_back_to_torch_without_onnxruntime(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import encoders.selection
+
+    monkeypatch.setattr(encoders.selection, "onnx_available", lambda: False)
+    enc = ProductEncoder(text_model="minilm", device="cpu", runtime="onnx")
+    assert enc.runtime == "torch"
+    assert type(enc.image) is EfficientNetLite0Encoder
+    assert type(enc.text) is MiniLMTextEncoder

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.fusion import FusionEncoder, FusionInput, load_checkpoint
+from encoders.checkpoints import load_checkpoint
+from encoders.fusion import FusionEncoder, FusionInput
 from encoders.training.cache import VIEWS, FeatureCache
 from encoders.training.data import Item, split_of
 from encoders.training.losses import info_nce, multi_positive_nce
