@@ -26,7 +26,8 @@ from backend.domain.types import Product, ProductInput
 from backend.stores.catalog.repository import InventoryChange
 from backend.stores.vectors.base import PayloadPatch, PointPayload, VectorPoint, point_id
 from backend.transport.grpc.server import SERVICE_NAMES, BackgroundServer
-from tests.integration.test_crash_safety import FAKE_VERSION, FakeEncoder, make_catalog
+from tests.fakes import FAKE_VERSION, FakeEncoder
+from tests.integration.test_crash_safety import make_catalog
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

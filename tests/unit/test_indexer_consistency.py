@@ -25,7 +25,7 @@ from backend.stores.catalog.db import make_engine
 from backend.stores.catalog.repository import CatalogRepository, InventoryChange
 from backend.stores.vectors.base import VectorPoint
 from backend.stores.vectors.edge import EdgeVectorStore
-from tests.integration.test_crash_safety import FAKE_VERSION, FakeEncoder
+from tests.fakes import FAKE_VERSION, FakeEncoder
 
 
 @dataclass
@@ -85,7 +85,7 @@ def _assert_indexed(env: Env, sku: str, product_id: str) -> None:
         assert env.vectors.get_vectors(env.collection, product_id, "text") == []
         return
     assert product.product_id == product_id
-    text = env.encoder._vec(product.text_for_encoding().encode())
+    text = env.encoder._vector(product.text_for_encoding().encode())
     stored = env.vectors.get_vectors(env.collection, product_id, "text")
     # One point per image, encoded from the current text.
     assert [pos for pos, _ in stored] == [ref.position for ref in product.images]
