@@ -161,16 +161,19 @@ class Reconciler:
     def repair(self, report: ReconcileReport,
                index: Callable[[str, list[Product]], object] | None) -> None:
         """Repair what `report` found (deletes first, then re-index, then payloads).
-        `index(collection, products)` encodes and upserts products; without it, missing
-        products are left for the indexer."""
+        `index(collection, products)` encodes and upserts products; it also rewrites drifted
+        products, whose vectors may be as old as their payload (a payload patch alone would
+        hide that). Without it, missing products are left for the indexer and drifted ones
+        get their payload patched."""
         collection = self._vectors.resolve(self._collection)
         doomed = [*report.orphans, *report.stale]
         if doomed:
             self._vectors.delete_points(collection, doomed)
-        if report.missing and index is not None:
-            found = self._catalog.get_products(report.missing)
+        if index is not None:
+            found = self._catalog.get_products([*report.missing, *report.drift])
             if found:
                 index(collection, list(found.values()))
+            return
         if report.drift:
             found = self._catalog.get_products(report.drift)
             patches = []

@@ -349,6 +349,7 @@ def test_sigkill_soak_loses_nothing_and_leaves_no_drift(tmp_path: Path) -> None:
         server.stop()
     print(f"soak: {kills} kills, {tally.acked} acknowledged writes, {tally.retries} retried, "
           f"{tally.searches} searches, {tally.ryw_checked} read-your-writes checks, "
+          f"{server.log.read_text().count('Traceback')} tracebacks in the server log, "
           f"{time.monotonic() - started:.0f} s")
     assert tally.acked > 100 and tally.ryw_checked > 20
 

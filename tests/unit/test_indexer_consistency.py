@@ -192,26 +192,63 @@ def test_payload_update_of_a_product_without_points_encodes_it(env: Env) -> None
     _assert_indexed(env, "GAP", outcome.product_id)
 
 
-def test_a_write_during_the_pass_keeps_its_rows_pending(env: Env) -> None:
-    """SQL changing between the read and the write-back (another drainer, or a write racing
-    the encoder) must not let the older state be marked done."""
+def test_a_write_during_the_pass_is_not_reported_indexed(env: Env) -> None:
+    """SQL changing between the read and the write-back: the rows of the state that was
+    written may be done (the newer change is pending), but read-your-writes must not count
+    the newer change, and the next pass writes it."""
     (outcome,) = env.catalog.upsert_products([_product(env, "RACE", "racing item v1")])
     encode_many = env.encoder.encode_many
-    raced = []
+    raced: list[int] = []
 
     def encode_and_race(images, texts):  # type: ignore[no-untyped-def]
         if not raced:
-            raced.append(True)
-            env.catalog.upsert_products([_product(env, "RACE", "racing item v2", n=1)])
+            (newer,) = env.catalog.upsert_products(
+                [_product(env, "RACE", "racing item v2", n=1)])
+            raced.append(newer.catalog_version)
         return encode_many(images, texts)
 
     env.encoder.encode_many = encode_and_race  # type: ignore[method-assign]
-    stats = env.indexer.drain_once(64)
-    assert stats.done == 0
-    assert env.catalog.indexed_version() < env.catalog.catalog_version()
+    try:
+        stats = env.indexer.drain_once(64)
+    finally:
+        env.encoder.encode_many = encode_many  # type: ignore[method-assign]
+    assert stats.done == 1 and env.catalog.pending_count() == 1
+    assert env.catalog.indexed_version() == raced[0] - 1
     env.indexer.drain()
     _assert_indexed(env, "RACE", outcome.product_id)
     assert env.catalog.get_product(outcome.product_id).title == "racing item v2"
+
+
+def test_points_behind_sql_with_nothing_pending_stay_pending(env: Env) -> None:
+    """Points that match an older state while SQL moved on and no newer row is pending (a
+    second drainer finished the newer change first): never marked done."""
+    (outcome,) = env.catalog.upsert_products([_product(env, "BEHIND", "behind item v1")])
+    encode_many = env.encoder.encode_many
+
+    def encode_and_overtake(images, texts):  # type: ignore[no-untyped-def]
+        env.encoder.encode_many = encode_many  # type: ignore[method-assign]
+        env.catalog.upsert_products([_product(env, "BEHIND", "behind item v2")])
+        env.indexer.drain_once(64)  # the other drainer: writes v2, marks both rows done
+        return encode_many(images, texts)
+
+    other = env.indexer
+    env.indexer = Indexer(env.catalog, env.vectors, env.encoder, "products")  # type: ignore
+    try:
+        env.encoder.encode_many = encode_and_overtake  # type: ignore[method-assign]
+        stats = other.drain_once(64)
+    finally:
+        env.indexer = other
+    assert stats.done == 0 and stats.unverified_products == 1
+    # v1's points overwrote v2's: the self-check is what finds and repairs this.
+    check = SelfCheck(env.catalog, env.vectors, env.indexer, "products", FAKE_VERSION)
+    found = 0
+    while True:
+        report = check.run_slice()
+        found += report.drift_found
+        if report.round_done:
+            break
+    assert found >= 1
+    _assert_indexed(env, "BEHIND", outcome.product_id)
 
 
 def test_self_check_slices_are_bounded_and_cover_everything(env: Env) -> None:

@@ -755,6 +755,19 @@ class CatalogRepository:
                 found.update(session.scalars(stmt.where(OutboxEntry.product_id.in_(chunk))))
             return sorted(found)
 
+    def newest_pending_versions(self, product_ids: Sequence[str]) -> dict[str, int]:
+        """product id -> the highest catalog version among its pending outbox rows."""
+        out: dict[str, int] = {}
+        with self._read() as session:
+            for chunk in _chunks(list(dict.fromkeys(product_ids))):
+                for pid, version in session.execute(
+                        select(OutboxEntry.product_id, func.max(OutboxEntry.catalog_version))
+                        .where(OutboxEntry.done_at.is_(None),
+                               OutboxEntry.product_id.in_(chunk))
+                        .group_by(OutboxEntry.product_id)):
+                    out[pid] = int(version)
+        return out
+
     def indexed_version(self) -> int:
         """The catalog version that search reflects: every change up to it is indexed."""
         with self._read() as session:
