@@ -56,6 +56,9 @@ def open_vector_store(settings: Settings) -> VectorStore:
 
 def make_encoder(settings: Settings) -> VectorEncoder:
     """The encoder the search service calls: a remote worker pool or the in-process model."""
+    from encoders.priority import set_heavy_nice
+
+    set_heavy_nice(settings.limits.heavy_nice)  # before any model loads or heavy call
     enc = settings.encoder
     if enc.worker_url:
         from backend.transport.grpc.encoder_client import RemoteEncoder

@@ -90,6 +90,9 @@ class LimitsSettings(BaseModel):
     # Health checks and cheap calls (text search, reads, stock updates) are never queued.
     heavy_concurrency: int = Field(0, ge=0, le=1024)
     heavy_queue: int = Field(8, ge=0, le=100_000)
+    # Nice value (Linux, per thread) of the threads doing heavy work: photo decoding, region
+    # proposals and photo encoding (also the indexer's). 0 = same priority as the rest.
+    heavy_nice: int = Field(10, ge=0, le=19)
 
 
 class ImageSettings(BaseModel):

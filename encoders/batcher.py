@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from encoders.priority import lower_this_thread
+
 __all__ = ["BatcherClosed", "DynamicBatcher", "QueueFull"]
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,9 @@ class DynamicBatcher(Generic[T, R]):
         max_wait_ms: float,
         max_queue: int,
         name: str = "encoder",
+        low_priority: bool = False,
     ) -> None:
+        """`low_priority`: the batch thread runs at encoders.priority.HEAVY_NICE."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_wait_ms < 0:
@@ -75,6 +79,7 @@ class DynamicBatcher(Generic[T, R]):
         self.max_wait_ms = max_wait_ms
         self.max_queue = max_queue
         self.name = name
+        self.low_priority = low_priority
         # Called with the size of every call to fn (metrics); from the batch thread.
         self.on_batch: Callable[[int], None] | None = None
         self._max_wait_s = max_wait_ms / 1000.0
@@ -162,6 +167,8 @@ class DynamicBatcher(Generic[T, R]):
     # -- batch thread --------------------------------------------------------------------
 
     def _run(self) -> None:
+        if self.low_priority:
+            lower_this_thread()
         while True:
             batch = self._next_batch()
             if batch is None:

@@ -9,14 +9,16 @@ can back a standalone EncoderService on a GPU host.
 
 from __future__ import annotations
 
-import asyncio
+import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL.Image import Image
 
 from encoders.batcher import DynamicBatcher
 from encoders.model import ProductEncoder
+from encoders.priority import lower_this_thread, run_heavy
 
 __all__ = ["EncoderWorker"]
 
@@ -36,8 +38,9 @@ class EncoderWorker:
     ) -> None:
         self.encoder = encoder
         self.max_batch_size = max_batch_size
+        # Photo batches run at low CPU priority (encoders.priority); text batches do not.
         self.batcher: DynamicBatcher[_Request, Vectors] = DynamicBatcher(
-            self._run_batch, max_batch_size, max_wait_ms, max_queue, name
+            self._run_batch, max_batch_size, max_wait_ms, max_queue, name, low_priority=True
         )
         self.text_batcher: DynamicBatcher[_Request, Vectors] = DynamicBatcher(
             self._run_batch, max_batch_size, max_wait_ms, max_queue, f"{name}-text"
@@ -67,6 +70,14 @@ class EncoderWorker:
     def start(self) -> None:
         """Load and warm up the models, then start the batch thread. Blocking (seconds):
         from async code, `await asyncio.to_thread(worker.start)`."""
+        image_model = getattr(self.encoder, "image", None)
+        if image_model is not None and hasattr(image_model, "load"):
+            # Loaded from a low-priority thread: the threads its runtime starts for the
+            # forward pass (ONNX Runtime's pool) inherit that priority.
+            loader = threading.Thread(target=_load_low_priority, args=(image_model,),
+                                      name="image-model-load")
+            loader.start()
+            loader.join()
         self.encoder.load()
         self.batcher.start()
         self.text_batcher.start()
@@ -83,7 +94,7 @@ class EncoderWorker:
         if image is None:
             return await self.text_batcher.submit((None, text))
         # Resize on a pool thread so it overlaps the batch thread's forward pass.
-        image = await asyncio.to_thread(self.encoder.prepare_image, image)
+        image = await run_heavy(self.encoder.prepare_image, image)
         return await self.batcher.submit((image, text))
 
     def encode_many(
@@ -105,3 +116,8 @@ class EncoderWorker:
 
     def __repr__(self) -> str:
         return f"EncoderWorker({self.encoder!r}, {self.batcher!r})"
+
+
+def _load_low_priority(model: Any) -> None:
+    lower_this_thread()
+    model.load()

@@ -33,6 +33,7 @@ from backend.stores.catalog.repository import CatalogRepository
 from backend.stores.vectors.base import VectorStore
 from encoders.localise import query_views
 from encoders.preprocess import decode_image
+from encoders.priority import run_heavy
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class ListingVectors:
 
 async def encode_listing(encoder: VectorEncoder, images: list[Image], text: str
                          ) -> ListingVectors:
-    views = [v for image in images for v in await asyncio.to_thread(query_views, image)]
+    views = [v for image in images for v in await run_heavy(query_views, image)]
     encoded = await asyncio.gather(*(encoder.encode(v, None) for v in views))
     text_vec = (await encoder.encode(None, text))["text"] if text else None
     image_views = np.stack([e["image"] for e in encoded]) if encoded else None
@@ -135,7 +136,7 @@ class MatchService:
             raise InvalidInput(f"top_k must be between 1 and {self._settings.max_top_k}")
         calibration = self.calibration()
         images = [
-            await asyncio.to_thread(decode_image, data, max_bytes=self._settings.max_image_bytes,
+            await run_heavy(decode_image, data, max_bytes=self._settings.max_image_bytes,
                                     max_pixels=self._settings.max_image_pixels,
                                     max_decode_pixels=self._settings.max_decode_pixels,
                                     draft_px=self._settings.query_image_draft_px)

@@ -25,6 +25,7 @@ from backend.stores.vectors.base import VectorStore
 from encoders.image import crop_boxes
 from encoders.localise import isolate_box, item_boxes
 from encoders.preprocess import decode_image
+from encoders.priority import run_heavy
 
 Box = tuple[int, int, int, int]
 
@@ -112,11 +113,11 @@ class RestockService:
         top_k = top_k or 5
         if not 1 <= top_k <= 20:
             raise InvalidInput("top_k must be between 1 and 20")
-        image = await asyncio.to_thread(
+        image = await run_heavy(
             decode_image, photo, max_bytes=self._settings.max_image_bytes,
             max_pixels=self._settings.max_image_pixels,
             max_decode_pixels=self._settings.max_decode_pixels)
-        regions = await asyncio.to_thread(proposals, image)
+        regions = await run_heavy(proposals, image)
         encoded = await asyncio.gather(*(self._encoder.encode(crop, None) for _, crop in regions))
         collection = await asyncio.to_thread(self._vectors.resolve, self._collection)
         flt = filters or Filters()

@@ -24,6 +24,7 @@ from backend.stores.catalog.repository import CatalogRepository
 from backend.stores.vectors.base import ScoredPoint, VectorStore
 from encoders.localise import query_views
 from encoders.preprocess import decode_image
+from encoders.priority import run_heavy
 
 # Points are per product image; fetch more than asked so that several images of one product
 # still leave top_k distinct products after grouping.
@@ -197,7 +198,7 @@ class SearchService:
 
         views: list[Image] = []
         if query.image:
-            image = await asyncio.to_thread(
+            image = await run_heavy(
                 decode_image,
                 query.image,
                 max_bytes=self._settings.max_image_bytes,
@@ -205,7 +206,7 @@ class SearchService:
                 draft_px=self._settings.query_image_draft_px,
                 max_decode_pixels=self._settings.max_decode_pixels,
             )
-            views = await asyncio.to_thread(query_views, image)
+            views = await run_heavy(query_views, image)
         text = query.text.strip() or None
         # Every view goes through the batcher at once, so they share one forward pass.
         encoded = await asyncio.gather(
@@ -286,11 +287,11 @@ def _best_per_product(points: list[ScoredPoint]) -> list[ScoredPoint]:
 
 
 async def _diversify(points: list[ScoredPoint], name: str, k: int) -> list[ScoredPoint]:
-    """MMR in a worker thread (never on the event loop), told to stop when the call is
-    cancelled or its deadline passes (both cancel this coroutine)."""
+    """MMR in a low-priority worker thread (never on the event loop), told to stop when the
+    call is cancelled or its deadline passes (both cancel this coroutine)."""
     stop = threading.Event()
     try:
-        return await asyncio.to_thread(mmr, points, name, k, stop=stop)
+        return await run_heavy(mmr, points, name, k, stop=stop)
     except asyncio.CancelledError:
         stop.set()
         raise

@@ -305,3 +305,19 @@ def test_text_queries_do_not_wait_behind_a_photo_batch() -> None:
 
     asyncio.run(scenario())
     assert finished == ["text", "photo"]
+
+
+def test_malformed_bytes_on_every_worker_method_are_invalid_argument() -> None:
+    served = _fake_served(0.0, batch=4, queue=8)
+    try:
+        for method in ("Encode", "EncodeBatch", "GetInfo"):
+            call = served.channel.unary_unary(f"/product_search.v1.Encoder/{method}")
+            with pytest.raises(grpc.RpcError) as info:
+                call(b"\x0a\x05ab", timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+        check = served.channel.unary_unary("/grpc.health.v1.Health/Check")
+        with pytest.raises(grpc.RpcError) as info:
+            check(b"\xff\xff", timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        served.close()

@@ -29,6 +29,7 @@ from backend import errors
 from backend.transport.grpc.errors import status_for
 from backend.transport.grpc.generated.product_search.v1 import encoder_pb2 as pb
 from backend.transport.grpc.generated.product_search.v1 import encoder_pb2_grpc as rpc
+from backend.transport.grpc.interceptors import MalformedRequestInterceptor
 from backend.transport.grpc.signals import until_signalled
 from encoders.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image
 from encoders.worker import EncoderWorker
@@ -236,7 +237,8 @@ class EncoderServer:
 
     async def start(self) -> int:
         # Created here, on the loop that will run it (grpc.aio binds to the current loop).
-        s = self._server = grpc.aio.server(options=self._options)
+        s = self._server = grpc.aio.server(
+            interceptors=[MalformedRequestInterceptor()], options=self._options)
         rpc.add_EncoderServicer_to_server(self.servicer, s)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, s)
         reflection.enable_server_reflection(

@@ -185,6 +185,21 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         return _Guard(self, method, md, self._gate)
 
 
+class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    """For servers without auth (the encoder worker): malformed request bytes on any method
+    answer INVALID_ARGUMENT with one rate-limited WARNING, not UNKNOWN with a traceback."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        return _wrap_open(handler, handler_call_details.method)
+
+
 class _Guard:
     """Runs one call: request id, auth, principal, deadline, log line."""
 
