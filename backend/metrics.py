@@ -46,8 +46,8 @@ VECTOR_LATENCY = Histogram("prodsearch_vector_store_latency_seconds",
                            "vector store call latency", ["op"], buckets=_LATENCY_BUCKETS)
 
 # Vector-store methods that are timed.
-TIMED_VECTOR_OPS = ("search", "search_hybrid", "upsert", "delete_products", "set_payload",
-                    "get_vectors", "delete_points", "count")
+TIMED_VECTOR_OPS = ("search", "search_hybrid", "search_fused", "upsert", "delete_products",
+                    "set_payload", "get_vectors", "delete_points", "count")
 
 
 def observe_rpc(method: str, code: str, seconds: float) -> None:
