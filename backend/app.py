@@ -12,6 +12,7 @@ from backend.config import Settings
 from backend.domain.catalog import CatalogService, ImageBlobStore
 from backend.domain.indexing import Indexer, collection_spec
 from backend.domain.match import MatchService
+from backend.domain.photo_index import PhotoIndex
 from backend.domain.ports import VectorEncoder
 from backend.domain.reindex import (
     ModelVersionMismatch,
@@ -74,6 +75,15 @@ def make_encoder(settings: Settings) -> VectorEncoder:
     )
 
 
+def make_photo_index(settings: Settings) -> PhotoIndex | None:
+    """Local features for photo search, or None when they are switched off."""
+    search = settings.search
+    if not search.local_features:
+        return None
+    return PhotoIndex.open(settings.features_dir, search.vocabulary_file, search.scorer_file,
+                           search.feature_workers)
+
+
 def prepare_database(settings: Settings) -> None:
     """The embedded SQLite catalog migrates itself; a server database is migrated by
     `prodsearch migrate` (one-shot job at scale) and only checked here."""
@@ -97,11 +107,14 @@ class App:
     match: MatchService
     restock: RestockService
     index_wakeup: threading.Event = field(default_factory=threading.Event)
+    photo: PhotoIndex | None = None
 
     def ensure_collection(self) -> None:
         ensure_collection(self.vectors, self.settings, self.encoder)
 
     def close(self) -> None:
+        if self.photo is not None:
+            self.photo.close()
         self.vectors.close()
         self.engine.dispose()
 
@@ -113,7 +126,12 @@ def ensure_collection(vectors: VectorStore, settings: Settings, encoder: VectorE
     if name in vectors.list_collections():
         return
     # Raises ModelVersionMismatch when the alias points at another model's collection.
-    if check_model_version(vectors, name, encoder.model_version) is not None:
+    current = check_model_version(vectors, name, encoder.model_version)
+    if current is not None:
+        # Adds what a newer spec has (the visual words) in place where the store can; a
+        # server collection without them asks for a reindex (ConfigError).
+        vectors.ensure_collection(collection_spec(
+            current, encoder, settings.qdrant_shards, settings.qdrant_replicas))
         return
     physical = physical_name(name, encoder.model_version)
     vectors.ensure_collection(
@@ -136,6 +154,7 @@ def build_app(settings: Settings, encoder: VectorEncoder | None = None,
     metrics.instrument_encoder(encoder)
     metrics.watch_outbox(catalog)
     wakeup = threading.Event()
+    photo = make_photo_index(settings)
     app = App(
         settings=settings,
         engine=engine,
@@ -143,9 +162,11 @@ def build_app(settings: Settings, encoder: VectorEncoder | None = None,
         vectors=vectors,
         encoder=encoder,
         indexer=Indexer(
-            catalog, vectors, encoder, settings.collection, settings.search.max_image_pixels
+            catalog, vectors, encoder, settings.collection, settings.search.max_image_pixels,
+            photo=photo,
         ),
-        search=SearchService(catalog, vectors, encoder, settings.collection, settings.search),
+        search=SearchService(catalog, vectors, encoder, settings.collection, settings.search,
+                             photo=photo),
         catalog_service=CatalogService(
             catalog,
             vectors,
@@ -157,8 +178,10 @@ def build_app(settings: Settings, encoder: VectorEncoder | None = None,
         ),
         match=MatchService(catalog, vectors, encoder, settings.collection, settings.search,
                            settings.data_dir),
-        restock=RestockService(catalog, vectors, encoder, settings.collection, settings.search),
+        restock=RestockService(catalog, vectors, encoder, settings.collection, settings.search,
+                               photo=photo),
         index_wakeup=wakeup,
+        photo=photo,
     )
     try:
         app.ensure_collection()
@@ -169,5 +192,5 @@ def build_app(settings: Settings, encoder: VectorEncoder | None = None,
         reindex_on_start(catalog, engine, vectors, encoder, settings.collection,
                          shards=settings.qdrant_shards, replicas=settings.qdrant_replicas,
                          batch=settings.indexer_batch,
-                         max_image_pixels=settings.search.max_image_pixels)
+                         max_image_pixels=settings.search.max_image_pixels, photo=photo)
     return app

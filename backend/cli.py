@@ -100,7 +100,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from backend.app import ensure_collection, make_encoder, open_vector_store, prepare_database
+    from backend.app import (
+        ensure_collection,
+        make_encoder,
+        make_photo_index,
+        open_vector_store,
+        prepare_database,
+    )
     from backend.config import Settings
     from backend.domain.indexing import Indexer
     from backend.domain.ingest import ingest_file
@@ -138,7 +144,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     encoder.start()
     ensure_collection(vectors, settings, encoder)
     indexer = Indexer(catalog, vectors, encoder, settings.collection,
-                      settings.search.max_image_pixels)
+                      settings.search.max_image_pixels, photo=make_photo_index(settings))
     with tqdm(total=pending, desc="index", unit="product") as bar:
         stats = indexer.drain(settings.indexer_batch, progress=bar.update)
     vectors.build_index(vectors.resolve(settings.collection))
@@ -210,7 +216,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from backend.app import make_encoder, open_vector_store, prepare_database
+    from backend.app import make_encoder, make_photo_index, open_vector_store, prepare_database
     from backend.config import Settings
     from backend.domain.indexing import Indexer
     from backend.domain.reconcile import Reconciler
@@ -225,7 +231,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     vectors = open_vector_store(settings)  # StoreBusy while a server owns the shard
     encoder = make_encoder(settings)
     try:
-        reconciler = Reconciler(catalog, vectors, settings.collection, encoder.model_version)
+        photo = make_photo_index(settings)
+        reconciler = Reconciler(catalog, vectors, settings.collection, encoder.model_version,
+                                photo)
         report = reconciler.check()
         print(("before: " if args.fix else "") + report.summary())
         if not args.fix:
@@ -234,7 +242,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         def index(collection: str, products: list[Product]) -> None:
             encoder.start()
             Indexer(catalog, vectors, encoder, settings.collection,
-                    settings.search.max_image_pixels).index_products(collection, products)
+                    settings.search.max_image_pixels, photo=photo
+                    ).index_products(collection, products)
 
         after = reconciler.fix(report, index)
         print("after:  " + after.summary())
@@ -248,7 +257,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from backend.app import make_encoder, open_vector_store, prepare_database
+    from backend.app import make_encoder, make_photo_index, open_vector_store, prepare_database
     from backend.config import Settings
     from backend.domain.ports import VectorEncoder
     from backend.domain.reindex import (
@@ -296,7 +305,8 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         reindexer = Reindexer(catalog, engine, vectors, encoder, alias,
                               shards=settings.qdrant_shards, replicas=settings.qdrant_replicas,
                               batch=settings.indexer_batch,
-                              max_image_pixels=settings.search.max_image_pixels)
+                              max_image_pixels=settings.search.max_image_pixels,
+                              photo=make_photo_index(settings))
         with tqdm(desc="reindex", unit="product") as bar:
 
             def set_total(n: int) -> None:

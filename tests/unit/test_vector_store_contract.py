@@ -468,6 +468,11 @@ def test_fused_query_combines_dense_views_and_words(backend: Backend, worded: st
     assert hits[0].id == target.id
     assert 2 / RRF_K <= hits[0].score < 3 / RRF_K  # first in two of the three lists
     assert hits[1].id == other.id  # first in the other one
+    returned = store.search_fused(worded, prefetches, Filters(), limit=3, with_vectors=["image"])
+    assert set(returned[0].vectors) == {"image"}
+    np.testing.assert_allclose(returned[0].vectors["image"], target.vectors["image"], atol=1e-5)
+    with pytest.raises(InvalidInput):
+        store.search_fused(worded, prefetches, Filters(), limit=3, with_vectors=["colour"])
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     # The filter applies inside every prefetch: nothing outside it, even from the words.
     filters, predicate = FILTER_CASES["combined"]

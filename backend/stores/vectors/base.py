@@ -237,10 +237,12 @@ class VectorStore(Protocol):
         prefetches: list[Prefetch],
         filters: Filters,
         limit: int,
+        with_vectors: list[str] | None = None,
     ) -> list[ScoredPoint]:
         """Several candidate lists (dense or sparse, several per vector name allowed, e.g. one
         per view of a photo) fused by reciprocal rank fusion (RRF_K) inside the store in one
-        call. The filter applies inside every prefetch; scores are fused ranks."""
+        call. The filter applies inside every prefetch; scores are fused ranks.
+        `with_vectors` names dense vectors to return with each point."""
 
     def get_vectors(
         self, collection: str, product_id: str, vector_name: str

@@ -520,11 +520,14 @@ class EdgeVectorStore:
         prefetches: list[Prefetch],
         filters: Filters,
         limit: int,
+        with_vectors: list[str] | None = None,
     ) -> list[ScoredPoint]:
         self._check_page(limit, 0)
         flt = edge_filter(filters)
         with self._use(collection) as coll:
             check_prefetches(prefetches, coll.spec.vectors, coll.spec.sparse_vectors)
+            for name in with_vectors or []:
+                self._vector_dim(coll, name)
             params = self._params(coll)
             stages = []
             for pf in prefetches:
@@ -541,9 +544,9 @@ class EdgeVectorStore:
                 prefetches=stages,
                 filter=flt,
                 with_payload=True,
-                with_vector=False,
+                with_vector=list(with_vectors) if with_vectors else False,
             )
-            return self._scored(coll.shard.query(request), False)
+            return self._scored(coll.shard.query(request), bool(with_vectors))
 
     def _scroll(
         self,

@@ -443,11 +443,17 @@ class QdrantServerStore:
         prefetches: list[Prefetch],
         filters: Filters,
         limit: int,
+        with_vectors: list[str] | None = None,
     ) -> list[ScoredPoint]:
         self._check_page(limit, 0)
         flt = server_filter(filters)
-        dense, sparse = self._vector_names(collection, {pf.name for pf in prefetches})
+        wanted = {pf.name for pf in prefetches} | set(with_vectors or [])
+        dense, sparse = self._vector_names(collection, wanted)
         check_prefetches(prefetches, dense, sparse)
+        unknown = set(with_vectors or []) - set(dense)
+        if unknown:
+            raise InvalidInput(f"unknown vectors {sorted(unknown)}; the collection has "
+                               f"{sorted(dense)}")
         params = self._search_params()
         stages = []
         for pf in prefetches:
@@ -467,9 +473,9 @@ class QdrantServerStore:
                 query_filter=flt,
                 limit=limit,
                 with_payload=True,
-                with_vectors=False,
+                with_vectors=list(with_vectors) if with_vectors else False,
             )
-        return self._scored(response.points, False)
+        return self._scored(response.points, bool(with_vectors))
 
     def get_vectors(
         self, collection: str, product_id: str, vector_name: str

@@ -140,3 +140,10 @@ def listing_from_pb(msg: pb.Product) -> Listing:
         brand=msg.brand,
         merchant=msg.merchant,
     )
+
+
+def box_to_pb(box: tuple[int, int, int, int] | None) -> pb.Box | None:
+    """None (field unset) when the box is unknown."""
+    if box is None:
+        return None
+    return pb.Box(x0=box[0], y0=box[1], x1=box[2], y1=box[3])
