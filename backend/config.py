@@ -57,7 +57,10 @@ class SearchSettings(BaseModel):
     # find candidates, geometric verification ranks them and boxes the product in the photo.
     # Off: photo search and restock use the dense image vectors alone.
     local_features: bool = True
-    # Candidate images verified geometrically per photo query (each costs a RANSAC fit).
+    # Candidate images verified geometrically per photo query (each costs descriptor matching
+    # and a RANSAC fit): the first `verify_first`, then up to `verify_top` only when none of
+    # those passed the scorer's verified threshold.
+    verify_first: int = Field(8, ge=1, le=500)
     verify_top: int = Field(24, ge=1, le=500)
     feature_workers: int = Field(2, ge=1, le=64)  # threads extracting and verifying
     # Shipped vocabulary / scorer (encoders/checkpoints) unless a file is given.

@@ -117,22 +117,35 @@ def signals(candidate: PhotoCandidate, verification: Verification | None = None
 
 
 def verify_candidates(photo: PhotoIndex, collection: str, query: PhotoQuery,
-                      candidates: list[PhotoCandidate], top: int) -> list[PhotoCandidate]:
-    """Verify the first `top` candidates geometrically (in parallel on the feature threads)
-    and score every one; best probability first. Candidates past `top`, or whose features
-    are missing, are scored without inliers (the scorer's default for a failed check)."""
+                      candidates: list[PhotoCandidate], top: int, first: int | None = None
+                      ) -> list[PhotoCandidate]:
+    """Verify up to `top` candidates geometrically (in parallel on the feature threads) and
+    score every one; best probability first. With `first`, the first `first` candidates are
+    verified, and the rest of the `top` only when none of them passed the scorer's verified
+    threshold (one product photo: once it is verified, look-alikes further down cannot
+    outrank it on fewer inliers). Candidates not verified, or whose features are missing,
+    are scored without inliers (the scorer's default for a failed check)."""
     from encoders.local_features import verify
 
     def check(candidate: PhotoCandidate) -> None:
         stored = photo.load(collection, candidate.product_id, candidate.point.id)
         if stored is not None:
             candidate.verification = verify(query.features, stored, query_root=query.root)
-
-    if len(query.features):
-        photo.map(check, candidates[:top])
-    for candidate in candidates:
         candidate.parts = signals(candidate)
         candidate.probability = float(photo.scorer.score(candidate.parts))
+
+    stages = [candidates[:top]] if first is None or first >= top else \
+        [candidates[:first], candidates[first:top]]
+    for n, stage in enumerate(stages):
+        if len(query.features) == 0:
+            break
+        if n and any(c.probability >= photo.scorer.threshold for c in stages[0]):
+            break
+        photo.map(check, stage)
+    for candidate in candidates:
+        if candidate.verification is None:
+            candidate.parts = signals(candidate)
+            candidate.probability = float(photo.scorer.score(candidate.parts))
     candidates.sort(key=lambda c: (-c.probability, c.fused_rank))
     return candidates
 
@@ -148,7 +161,8 @@ async def search_photo(photo: PhotoIndex, vectors: VectorStore, collection: str,
                        query: PhotoQuery, view_vectors: list[np.ndarray],
                        text_vector: np.ndarray | None, filters: Filters, limit: int,
                        verify_top: int, image_vectors: list[np.ndarray] | None = None,
-                       image_vector: str = "image") -> list[PhotoCandidate]:
+                       image_vector: str = "image", verify_first: int | None = None
+                       ) -> list[PhotoCandidate]:
     """Fused candidates (at least `verify_top` points), verified and scored.
 
     `view_vectors` search (the `image_vector` of each view); `image_vectors` (default: the
@@ -169,7 +183,7 @@ async def search_photo(photo: PhotoIndex, vectors: VectorStore, collection: str,
     candidates = [PhotoCandidate(p, rank, sparse_ranks.get(p.id), _dense_cos(p, dense))
                   for rank, p in enumerate(points)]
     return await asyncio.to_thread(verify_candidates, photo, collection, query, candidates,
-                                   verify_top)
+                                   verify_top, verify_first)
 
 
 def best_per_product(candidates: list[PhotoCandidate]) -> list[PhotoCandidate]:

@@ -253,7 +253,8 @@ class SearchService:
         limit = (offset + top_k) * _GROUP_OVERFETCH
         candidates = await search_photo(
             photo, self._vectors, collection, described_query, view_vectors, text_vector,
-            filters, limit, settings.verify_top, [v["image"] for v in encoded], image_vector)
+            filters, limit, settings.verify_top, [v["image"] for v in encoded], image_vector,
+            settings.verify_first)
         ranked = best_per_product(candidates)
         page = ranked[offset: offset + top_k]
         products = await asyncio.to_thread(
