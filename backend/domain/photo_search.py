@@ -50,6 +50,10 @@ class PhotoCandidate:
     def box(self) -> Box | None:
         return self.verification.box if self.verification is not None else None
 
+    def verified(self, threshold: float) -> bool:
+        """Geometrically verified (a box) and probable enough to count as found."""
+        return self.box is not None and self.probability >= threshold
+
 
 @dataclass
 class PhotoQuery:
@@ -139,7 +143,7 @@ def verify_candidates(photo: PhotoIndex, collection: str, query: PhotoQuery,
     for n, stage in enumerate(stages):
         if len(query.features) == 0:
             break
-        if n and any(c.probability >= photo.scorer.threshold for c in stages[0]):
+        if n and any(c.verified(photo.scorer.threshold) for c in stages[0]):
             break
         photo.map(check, stage)
     for candidate in candidates:
