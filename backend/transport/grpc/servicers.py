@@ -139,11 +139,11 @@ class ProductSearchServicer(rpc.ProductSearchServicer):
                 pb.RestockMatch(
                     product=convert.product_to_pb(m.product),
                     score=m.score,
-                    box=convert.box_to_pb(m.box),
+                    box=convert.known_box_to_pb(m.box),
                     stock=[convert.stock_to_pb(s) for s in m.stock],
                     low_stock=m.low_stock,
                     facings=m.facings,
-                    facing_boxes=[convert.box_to_pb(b) for b in m.facing_boxes],
+                    facing_boxes=[convert.known_box_to_pb(b) for b in m.facing_boxes],
                 )
                 for m in matches
             ],
