@@ -130,8 +130,8 @@ def root_sift(descriptors: np.ndarray) -> np.ndarray:
 class ExtractorSettings:
     """Images are resized so that the longest side lies in [min_side, max_side]."""
 
-    catalog_min_side: int = 512  # small catalog images are upscaled: more keypoints
-    catalog_max_side: int = 512
+    catalog_min_side: int = 320  # small catalog images are upscaled
+    catalog_max_side: int = 320  # near the item's size in a photo: more repeatable keypoints
     catalog_keypoints: int = 500
     query_min_side: int = 384
     query_max_side: int = 960  # phone photos are downscaled: time grows with pixels
