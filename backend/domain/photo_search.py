@@ -150,7 +150,14 @@ def verify_candidates(photo: PhotoIndex, collection: str, query: PhotoQuery,
         if candidate.verification is None:
             candidate.parts = signals(candidate)
             candidate.probability = float(photo.scorer.score(candidate.parts))
-    candidates.sort(key=lambda c: (-c.probability, c.fused_rank))
+    # Verified candidates first, by probability; the rest by their best cosine over the
+    # photo's views, as the dense-only path ranks them (the scorer, fitted on verification
+    # outcomes, does not replace it): a product photo of a flat item with too few keypoints
+    # to verify is still found by its dense vector.
+    threshold = photo.scorer.threshold
+    candidates.sort(key=lambda c: (0, -c.probability, 0) if c.verified(threshold)
+                    else (1, -(c.dense_cos if c.dense_cos is not None else -1.0),
+                          c.fused_rank))
     return candidates
 
 

@@ -256,6 +256,11 @@ class SearchService:
             filters, limit, settings.verify_top, [v["image"] for v in encoded], image_vector,
             settings.verify_first)
         ranked = best_per_product(candidates)
+        # Unverified candidates follow by dense cosine; their score is capped by the hit
+        # above, so scores stay a ranking (score_parts keep the raw signals).
+        ceiling = 1.0
+        for c in ranked:
+            c.probability = ceiling = min(ceiling, c.probability)
         page = ranked[offset: offset + top_k]
         products = await asyncio.to_thread(
             self._catalog.get_products, [c.product_id for c in page])
