@@ -46,11 +46,14 @@ def catalog_features(items: Sequence[Item], extractor: LocalFeatureExtractor,
 
 def build_vocabulary(items: Sequence[Item], size: int, seed: int = 0,
                      out: str | Path = VOCABULARY_FILE, progress: bool = True,
-                     command: str = "") -> dict[str, Any]:
-    """Extracts catalog features of `items`, trains `size` words and saves them."""
+                     command: str = "",
+                     features: Sequence[LocalFeatures] | None = None) -> dict[str, Any]:
+    """Extracts catalog features of `items` (or takes `features`, one per item, e.g. from
+    the evaluation's cache), trains `size` words and saves them."""
     started = time.perf_counter()
     extractor = LocalFeatureExtractor()
-    feats = catalog_features(items, extractor, progress)
+    feats = (list(features) if features is not None
+             else catalog_features(items, extractor, progress))
     descriptors = np.concatenate([f.descriptors for f in feats if len(f)])
     vocab = train_vocabulary(descriptors, size, seed=seed, progress=progress)
     vocab.info.update({
