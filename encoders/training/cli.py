@@ -19,6 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    default="fusion", help="fusion: the fusion model; vocabulary: visual "
                    "words for photo search; photo-scorer: the calibrated photo match scorer "
                    "(both on the openclipart train split)")
+    p.add_argument("--features-cache", default="bench/eval_results/cache",
+                   help="photo-scorer: where catalog features are cached (shared with "
+                   "`prodsearch eval`)")
     p.add_argument("--words", type=int, default=4096, help="vocabulary size (--task "
                    "vocabulary)")
     p.add_argument("--catalog", help="catalog JSONL (the ingest format); default: the "
@@ -96,8 +99,9 @@ def _photo_task(args: argparse.Namespace) -> int:
                                         out=out or photo.VOCABULARY_FILE,
                                         progress=not args.quiet, command=command)
     else:
-        report = photo.fit_photo_scorer(items, limit=args.limit or 400, seed=args.seed,
+        report = photo.fit_photo_scorer(limit=args.limit or 300, seed=args.seed,
                                         out=out or photo.SCORER_FILE,
+                                        cache_dir=args.features_cache,
                                         progress=not args.quiet, command=command)
     print(json.dumps(report, indent=2))
     return 0

@@ -157,3 +157,21 @@ def test_shipped_files_load_and_work(extractor: LocalFeatureExtractor) -> None:
     assert 0.0 < scorer.threshold < 1.0
     assert scorer.score({"inliers": 60, "inlier_ratio": 0.6, "sparse_rank": 0}) > \
         scorer.score({"inliers": 0, "inlier_ratio": 0.0, "sparse_rank": 500})
+
+
+def test_matcher_finds_the_warped_item_and_its_box(extractor: LocalFeatureExtractor) -> None:
+    from encoders.photo_match import PhotoMatcher
+
+    catalog = [_textured(20 + s) for s in range(6)]
+    feats = [extractor.extract(img) for img in catalog]
+    vocab = train_vocabulary(np.concatenate([f.descriptors for f in feats]), 128, seed=0)
+    scorer = PhotoScorer(np.array([2.0, 1.0, 0.0, -0.5]), -4.0, threshold=0.5)
+    matcher = PhotoMatcher(feats, vocab, scorer)
+    h = np.array([[0.6, 0.1, 90.0], [-0.05, 0.6, 50.0], [0.0002, 0.0, 1.0]])
+    photo = extractor.extract(_warp(catalog[3], h, (500, 420)), query=True)
+    final, cands = matcher.ranking(photo, top=3)
+    assert int(final.argmax()) == 3
+    best = cands[0]
+    assert best.index == 3 and best.verification.box is not None
+    assert best.probability >= scorer.threshold
+    assert all(c.probability < scorer.threshold for c in cands[1:])
