@@ -125,9 +125,9 @@ def verify_candidates(photo: PhotoIndex, collection: str, query: PhotoQuery,
                       ) -> list[PhotoCandidate]:
     """Verify up to `top` candidates geometrically (in parallel on the feature threads) and
     score every one; best probability first. With `first`, the first `first` candidates are
-    verified, and the rest of the `top` only when none of them passed the scorer's verified
-    threshold (one product photo: once it is verified, look-alikes further down cannot
-    outrank it on fewer inliers). Candidates not verified, or whose features are missing,
+    verified, and the rest of the `top` only when none of them was verified geometrically
+    (one product photo: once it is verified, look-alikes further down cannot outrank it on
+    fewer inliers). Candidates not verified, or whose features are missing,
     are scored without inliers (the scorer's default for a failed check)."""
     from encoders.local_features import verify
 
@@ -143,19 +143,19 @@ def verify_candidates(photo: PhotoIndex, collection: str, query: PhotoQuery,
     for n, stage in enumerate(stages):
         if len(query.features) == 0:
             break
-        if n and any(c.verified(photo.scorer.threshold) for c in stages[0]):
+        if n and any(c.box is not None for c in stages[0]):
             break
         photo.map(check, stage)
     for candidate in candidates:
         if candidate.verification is None:
             candidate.parts = signals(candidate)
             candidate.probability = float(photo.scorer.score(candidate.parts))
-    # Verified candidates first, by probability; the rest by their best cosine over the
-    # photo's views, as the dense-only path ranks them (the scorer, fitted on verification
-    # outcomes, does not replace it): a product photo of a flat item with too few keypoints
-    # to verify is still found by its dense vector.
-    threshold = photo.scorer.threshold
-    candidates.sort(key=lambda c: (0, -c.probability, 0) if c.verified(threshold)
+    # Geometrically verified candidates (a box) first, by probability; the rest by their best
+    # cosine over the photo's views, as the dense-only path ranks them: a product photo of a
+    # flat item with too few keypoints to verify is still found by its dense vector. (The
+    # scorer's verified threshold, set for restock's precision, decides what restock
+    # reports, not this order.)
+    candidates.sort(key=lambda c: (0, -c.probability, 0) if c.box is not None
                     else (1, -(c.dense_cos if c.dense_cos is not None else -1.0),
                           c.fused_rank))
     return candidates
