@@ -15,6 +15,7 @@ from backend.config import Settings
 from backend.domain.catalog import CatalogService, ImageBlobStore
 from backend.domain.indexing import Indexer, collection_spec
 from backend.domain.match import MatchService
+from backend.domain.photo_index import PhotoIndex
 from backend.domain.ports import VectorEncoder
 from backend.domain.reindex import (
     ModelVersionMismatch,
@@ -123,6 +124,15 @@ def migrate_database(settings: Settings, revision: str = "head", downgrade: bool
     return migrate.current_revision(settings.sql_url)
 
 
+def make_photo_index(settings: Settings) -> PhotoIndex | None:
+    """Local features for photo search, or None when they are switched off."""
+    search = settings.search
+    if not search.local_features:
+        return None
+    return PhotoIndex.open(settings.features_dir, search.vocabulary_file, search.scorer_file,
+                           search.feature_workers)
+
+
 def prepare_database(settings: Settings) -> None:
     """The embedded SQLite catalog migrates itself; a server database is migrated by
     `prodsearch migrate` (one-shot job at scale) and only checked here."""
@@ -148,11 +158,14 @@ class App:
     index_wakeup: threading.Event = field(default_factory=threading.Event)
     # Run by the server's indexer loop between drains (None: no self-check).
     self_check: SelfCheck | None = None
+    photo: PhotoIndex | None = None
 
     def ensure_collection(self) -> None:
         ensure_collection(self.vectors, self.settings, self.encoder)
 
     def close(self) -> None:
+        if self.photo is not None:
+            self.photo.close()
         self.vectors.close()
         self.engine.dispose()
 
@@ -164,7 +177,12 @@ def ensure_collection(vectors: VectorStore, settings: Settings, encoder: VectorE
     if name in vectors.list_collections():
         return
     # Raises ModelVersionMismatch when the alias points at another model's collection.
-    if check_model_version(vectors, name, encoder.model_version) is not None:
+    current = check_model_version(vectors, name, encoder.model_version)
+    if current is not None:
+        # Adds what a newer spec has (the visual words) in place where the store can; a
+        # server collection without them asks for a reindex (ConfigError).
+        vectors.ensure_collection(collection_spec(
+            current, encoder, settings.qdrant_shards, settings.qdrant_replicas))
         return
     physical = physical_name(name, encoder.model_version)
     vectors.ensure_collection(
@@ -213,14 +231,20 @@ class AppParts:
     def indexer(self) -> Indexer:
         return Indexer(self.catalog, self.vectors, self.encoder, self.settings.collection,
                        self.settings.search.max_image_pixels,
-                       flush_interval_s=self.settings.indexer_flush_interval_s)
+                       flush_interval_s=self.settings.indexer_flush_interval_s,
+                       photo=self.photo)
+
+    @cached_property
+    def photo(self) -> PhotoIndex | None:
+        return make_photo_index(self.settings)
 
     @cached_property
     def reindexer(self) -> Reindexer:
         s = self.settings
         return Reindexer(self.catalog, self.engine, self.vectors, self.encoder, s.collection,
                          shards=s.qdrant_shards, replicas=s.qdrant_replicas,
-                         batch=s.indexer_batch, max_image_pixels=s.search.max_image_pixels)
+                         batch=s.indexer_batch, max_image_pixels=s.search.max_image_pixels,
+                         photo=self.photo)
 
     def ensure_collection(self) -> None:
         ensure_collection(self.vectors, self.settings, self.encoder)
@@ -250,6 +274,7 @@ def build_app(settings: Settings, encoder: VectorEncoder | None = None,
     encoder = parts.encoder
     metrics.watch_outbox(catalog)
     wakeup = threading.Event()
+    photo = parts.photo
     app = App(
         settings=settings,
         engine=engine,
@@ -257,7 +282,8 @@ def build_app(settings: Settings, encoder: VectorEncoder | None = None,
         vectors=vectors,
         encoder=encoder,
         indexer=parts.indexer,
-        search=SearchService(catalog, vectors, encoder, settings.collection, settings.search),
+        search=SearchService(catalog, vectors, encoder, settings.collection, settings.search,
+                             photo=photo),
         catalog_service=CatalogService(
             catalog,
             vectors,
@@ -270,10 +296,12 @@ def build_app(settings: Settings, encoder: VectorEncoder | None = None,
         ),
         match=MatchService(catalog, vectors, encoder, settings.collection, settings.search,
                            settings.data_dir),
-        restock=RestockService(catalog, vectors, encoder, settings.collection, settings.search),
+        restock=RestockService(catalog, vectors, encoder, settings.collection, settings.search,
+                               photo=photo),
         index_wakeup=wakeup,
         self_check=SelfCheck(catalog, vectors, parts.indexer, settings.collection,
                              encoder.model_version, settings.selfcheck_batch),
+        photo=photo,
     )
     try:
         app.ensure_collection()
@@ -284,5 +312,5 @@ def build_app(settings: Settings, encoder: VectorEncoder | None = None,
         reindex_on_start(catalog, engine, vectors, encoder, settings.collection,
                          shards=settings.qdrant_shards, replicas=settings.qdrant_replicas,
                          batch=settings.indexer_batch,
-                         max_image_pixels=settings.search.max_image_pixels)
+                         max_image_pixels=settings.search.max_image_pixels, photo=photo)
     return app

@@ -186,7 +186,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     with AppParts(settings) as app:
         # The catalog first, then the vector store: StoreBusy while a server owns the shard.
         reconciler = Reconciler(app.catalog, app.vectors, settings.collection,
-                                app.encoder.model_version)
+                                app.encoder.model_version, app.photo)
         report = reconciler.check()
         print(("before: " if args.fix else "") + report.summary())
         if not args.fix:

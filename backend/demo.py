@@ -20,7 +20,7 @@ from backend.domain.match_model import calibration_path
 from backend.match_job import calibrate_matching
 from backend.transport.grpc import client
 from backend.transport.grpc.server import BackgroundServer
-from encoders.evaluation.photos import EASY, photo_jpeg, render_photo, render_shelf
+from encoders.evaluation.photos import EASY, SHELF, photo_jpeg, render_photo, render_shelf
 
 
 def photo_of(image_path: Path, seed: int = 3) -> bytes:
@@ -29,6 +29,15 @@ def photo_of(image_path: Path, seed: int = 3) -> bytes:
     with Image.open(image_path) as item:
         photo, _ = render_photo(item, random.Random(seed), EASY)
     return photo_jpeg(photo)
+
+
+def shelf_photo_of(image_path: Path, seed: int = 3) -> tuple[bytes, tuple[int, int, int, int]]:
+    """A JPEG of a catalog item photographed on a shelf: small and off-centre, in
+    perspective, on a textured surface under coloured light, blurred and compressed (the
+    SHELF rendering); and the item's true box in it."""
+    with Image.open(image_path) as item:
+        photo, box = render_photo(item, random.Random(seed), SHELF)
+    return photo_jpeg(photo), box
 
 
 def prepare(settings: Settings, products: int) -> tuple[App, list[dict[str, object]]]:
@@ -75,14 +84,16 @@ def example_searches(addr: str, catalog: list[dict[str, object]], data_dir: Path
                 catalog[0])
     image_path = Path(str(item["images"][0]))  # type: ignore[index]
     photo = data_dir / "demo" / "query_photo.jpg"
-    photo.write_bytes(photo_of(image_path))
+    jpeg, true_box = shelf_photo_of(image_path)
+    photo.write_bytes(jpeg)
 
-    print(f"\n1) photo search: a photo of {item['sku']} '{item['title']}' ({photo})")
+    print(f"\n1) photo search: a shelf photo of {item['sku']} '{item['title']}' ({photo}; "
+          f"the item is at {list(true_box)})")
     found = client.search(addr, client.build_search_request(image=photo, top_k=5))
     print(client.search_table(found))
     first_ok = bool(found.hits) and found.hits[0].product.sku == item["sku"]
-    print("   -> the photographed item is first" if first_ok
-          else "   -> the photographed item is NOT first")
+    print("   -> the photographed item is first, verified by its local features, boxed where "
+          "it was found" if first_ok else "   -> the photographed item is NOT first")
 
     searches = [
         ("2) text search 'red' in category food, in stock",
@@ -111,7 +122,7 @@ def example_searches(addr: str, catalog: list[dict[str, object]], data_dir: Path
     shelf_path = data_dir / "demo" / "shelf_photo.jpg"
     shelf_path.write_bytes(photo_jpeg(shelf))
     print(f"\n6) restock: a shelf photo of {', '.join(str(e['sku']) for e in entries)} "
-          f"in warehouse berlin ({shelf_path})")
+          f"in warehouse berlin ({shelf_path}); every product verified on it, with its box")
     print(client.restock_table(client.restock(addr, shelf_path, "berlin", top_k=6)))
     return first_ok
 

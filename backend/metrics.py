@@ -75,8 +75,8 @@ for _kind in ("missing", "stale", "orphans", "drift"):
     DRIFT_REPAIRED.labels(_kind)
 
 # Vector-store methods that are timed.
-TIMED_VECTOR_OPS = ("search", "search_hybrid", "upsert", "delete_products", "set_payload",
-                    "get_vectors", "delete_points", "count")
+TIMED_VECTOR_OPS = ("search", "search_hybrid", "search_fused", "upsert", "delete_products",
+                    "set_payload", "get_vectors", "delete_points", "count")
 
 
 def observe_rpc(method: str, code: str, seconds: float) -> None:

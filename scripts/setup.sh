@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 need_pkgs=()
 [ -d /usr/share/openclipart/png ] || need_pkgs+=(openclipart-png)
 [ -d /usr/share/datasets/fashion-mnist ] || need_pkgs+=(dataset-fashion-mnist)
+# Non-catalog clutter for the shelf evaluation's photo sets (real icons, not openclipart).
+[ -d /usr/share/icons/oxygen/base/256x256 ] || need_pkgs+=(oxygen-icon-theme)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing Debian image data: ${need_pkgs[*]}"

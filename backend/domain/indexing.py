@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from PIL.Image import Image
 
 from backend.domain.payload import mutable_payload, product_payload
+from backend.domain.photo_index import WORDS, Described, PhotoIndex
 from backend.domain.ports import VectorEncoder
 from backend.domain.reconcile import compare_product
 from backend.domain.types import Product
@@ -50,11 +51,13 @@ class DrainStats:
     rows: int = 0
     done: int = 0  # rows marked done (the others stay pending: not verified)
     unverified_products: int = 0
+    feature_bytes: int = 0  # local-feature files written
 
 
 def collection_spec(name: str, encoder: VectorEncoder, shards: int = 1, replicas: int = 1
                     ) -> CollectionSpec:
-    return CollectionSpec(name=name, vectors=dict(encoder.dims), shards=shards, replicas=replicas)
+    return CollectionSpec(name=name, vectors=dict(encoder.dims), sparse_vectors=[WORDS],
+                          shards=shards, replicas=replicas)
 
 
 def plan(items: list[OutboxItem], live: set[str]) -> dict[str, str]:
@@ -83,8 +86,10 @@ class Indexer:
         collection: str,
         max_image_pixels: int = 40_000_000,
         flush_interval_s: float = 0.0,
+        photo: PhotoIndex | None = None,
     ) -> None:
         self._catalog = catalog
+        self._photo = photo
         self._vectors = vectors
         self._encoder = encoder
         self._collection = collection
@@ -154,6 +159,7 @@ class Indexer:
                  if action == PAYLOAD and pid in products]
         if gone:
             self._vectors.delete_products(collection, gone)
+            self.delete_features(collection, gone)
             stats.deleted_products += len(gone)
         written: dict[str, set[str]] = {}
         if encode:
@@ -235,6 +241,7 @@ class Indexer:
                 texts.append(text)
                 owners.append((product, -1))
         encoded = self._encoder.encode_many(images, texts)
+        described = self._describe_images(images)
         points = [
             VectorPoint(
                 id=point_id(product.product_id, position, version),
@@ -243,11 +250,14 @@ class Indexer:
             )
             for (product, position), vectors in zip(owners, encoded, strict=True)
         ]
+        # Features first: a point in the store always has its features on disk.
+        stats.feature_bytes += self._write_features(collection, points, described)
         self._vectors.upsert(collection, points)
         written: dict[str, set[str]] = {}
         for point in points:
             written.setdefault(point.payload.product_id, set()).add(point.id)
         self._delete_stale_points(collection, written)
+        self._prune_features(collection, points)
         stats.upserted_products += len(products)
         stats.upserted_points += len(points)
         return written
@@ -260,3 +270,43 @@ class Indexer:
                  if pid not in written.get(payload.product_id, ())]
         if stale:
             self._vectors.delete_points(collection, stale)
+
+    # --- local features (sidecar files + visual words) ------------------------------------
+
+    def _describe_images(self, images: list[Image | None]) -> list[Described | None]:
+        if self._photo is None:
+            return [None] * len(images)
+        return self._photo.describe(images)
+
+    def _write_features(self, collection: str, points: list[VectorPoint],
+                        described: list[Described | None]) -> int:
+        """Store each image's features and give its point the visual words."""
+        if self._photo is None:
+            return 0
+        entries = []
+        for point, desc in zip(points, described, strict=True):
+            if desc is None:
+                continue
+            if desc.words is not None:
+                point.sparse[WORDS] = desc.words
+            entries.append((point.id, point.payload.product_id, point.payload.position, desc))
+        return self._photo.write(collection, entries)
+
+    def _prune_features(self, collection: str, points: list[VectorPoint]) -> None:
+        """Remove feature files of images the products no longer have (after their points)."""
+        if self._photo is None:
+            return
+        keep: dict[str, set[str]] = {}
+        for point in points:
+            keep.setdefault(point.payload.product_id, set()).add(point.id)
+        for product_id, ids in keep.items():
+            self._photo.store.prune(collection, product_id, ids)
+
+    def delete_features(self, collection: str, product_ids: list[str]) -> None:
+        if self._photo is not None:
+            self._photo.store.delete_products(collection, product_ids)
+
+    def drop_features(self, collection: str) -> None:
+        """Remove a dropped collection's feature files (reindex)."""
+        if self._photo is not None:
+            self._photo.store.drop(collection)

@@ -5,7 +5,11 @@ store. Differences found:
 - stale: a point of another model version (left by an old index or an interrupted reindex);
 - orphans: a point whose product is deleted or unknown, or whose image position the product
   no longer has (position -1 is the text-only point of a product without a readable image);
-- drift: a point whose payload disagrees with the product in SQL (filters would lie).
+- drift: a point whose payload disagrees with the product in SQL (filters would lie);
+- features missing: an image point whose local-feature file is missing, unreadable or of
+  another features version (its visual words are as old: both are written together);
+- feature orphans: a local-feature file without its point (left by a crash between the
+  file write and the upsert, or a delete interrupted after the points went).
 
 Products with outbox rows still pending are in flight: the indexer will write them, so they
 are counted as `pending` and not as differences.
@@ -17,8 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from backend.domain.payload import product_payload
+from backend.domain.photo_index import PhotoIndex
 from backend.domain.types import Product
 from backend.stores.catalog.repository import CatalogRepository
+from backend.stores.features import StoredFeatures
 from backend.stores.vectors.base import IDENTITY_FIELDS, PayloadPatch, PointPayload, VectorStore
 
 
@@ -31,15 +37,20 @@ class ReconcileReport:
     stale: list[str] = field(default_factory=list)  # point ids
     orphans: list[str] = field(default_factory=list)  # point ids
     drift: list[str] = field(default_factory=list)  # product ids
+    features_missing: list[str] = field(default_factory=list)  # product ids
+    feature_orphans: list[StoredFeatures] = field(default_factory=list)
 
     @property
     def differences(self) -> int:
-        return len(self.missing) + len(self.stale) + len(self.orphans) + len(self.drift)
+        return (len(self.missing) + len(self.stale) + len(self.orphans) + len(self.drift)
+                + len(self.features_missing) + len(self.feature_orphans))
 
     def summary(self) -> str:
         return (f"{self.products} products, {self.points} points, {self.pending} pending; "
                 f"missing {len(self.missing)}, stale {len(self.stale)}, "
-                f"orphans {len(self.orphans)}, drift {len(self.drift)}: "
+                f"orphans {len(self.orphans)}, drift {len(self.drift)}, "
+                f"features missing {len(self.features_missing)}, "
+                f"feature orphans {len(self.feature_orphans)}: "
                 f"{self.differences} differences")
 
 
@@ -107,7 +118,8 @@ def compare_product(product: Product | None, points: list[tuple[str, PointPayloa
 
 class Reconciler:
     def __init__(self, catalog: CatalogRepository, vectors: VectorStore, collection: str,
-                 model_version: str) -> None:
+                 model_version: str, photo: PhotoIndex | None = None) -> None:
+        self._photo = photo
         self._catalog = catalog
         self._vectors = vectors
         self._collection = collection
@@ -134,6 +146,9 @@ class Reconciler:
                 add_diff(report, product_id,
                          compare_product(products.get(product_id),
                                          by_product.get(product_id, []), self._version))
+        current = {product_id: [(pid, p) for pid, p in own if p.model_version == self._version]
+                   for product_id, own in by_product.items() if product_id in products}
+        self._check_features(collection, report, current, pending)
         return report
 
     def check_products(self, products: dict[str, Product], product_ids: list[str]
@@ -152,6 +167,22 @@ class Reconciler:
                 products.get(product_id), by_product.get(product_id, []), self._version))
         return report
 
+    def _check_features(self, collection: str, report: ReconcileReport,
+                        current: dict[str, list[tuple[str, PointPayload]]],
+                        pending: set[str]) -> None:
+        if self._photo is None:
+            return
+        orphaned = set(report.orphans)
+        wanted = {pid: payload.product_id for own in current.values() for pid, payload in own
+                  if payload.position >= 0 and pid not in orphaned}
+        files = {f.point_id: f for f in self._photo.store.scan(collection)}
+        version = self._photo.version
+        missing = {product_id for pid, product_id in wanted.items()
+                   if pid not in files or files[pid].version != version}
+        report.features_missing = sorted(missing)
+        report.feature_orphans = [f for pid, f in files.items()
+                                  if pid not in wanted and f.product_id not in pending]
+
     def fix(self, report: ReconcileReport,
             index: Callable[[str, list[Product]], object] | None) -> ReconcileReport:
         """Repair what `report` found and check everything again."""
@@ -169,8 +200,12 @@ class Reconciler:
         doomed = [*report.orphans, *report.stale]
         if doomed:
             self._vectors.delete_points(collection, doomed)
+        if report.feature_orphans and self._photo is not None:
+            self._photo.store.delete_paths(collection, report.feature_orphans)
         if index is not None:
-            found = self._catalog.get_products([*report.missing, *report.drift])
+            # Re-indexing a product writes its feature files and visual words again.
+            found = self._catalog.get_products(list(dict.fromkeys(
+                [*report.missing, *report.drift, *report.features_missing])))
             if found:
                 index(collection, list(found.values()))
             return

@@ -28,6 +28,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from backend.domain.indexing import Indexer, collection_spec
+from backend.domain.photo_index import PhotoIndex
 from backend.domain.ports import VectorEncoder
 from backend.domain.types import Filters, Product
 from backend.errors import ConfigError
@@ -222,6 +223,7 @@ class Reindexer:
         replicas: int = 1,
         batch: int = 64,
         max_image_pixels: int = 40_000_000,
+        photo: PhotoIndex | None = None,
     ) -> None:
         self._catalog = catalog
         self._engine = engine
@@ -230,7 +232,7 @@ class Reindexer:
         self._alias = alias
         self._shards, self._replicas = shards, replicas
         self._batch = batch
-        self._indexer = Indexer(catalog, vectors, encoder, alias, max_image_pixels)
+        self._indexer = Indexer(catalog, vectors, encoder, alias, max_image_pixels, photo=photo)
 
     def _changed_since(self, version: int) -> list[str]:
         with Session(self._engine) as session:
@@ -255,6 +257,7 @@ class Reindexer:
             gone = [pid for pid in changed if pid not in found]
             if gone:
                 self._vectors.delete_products(collection, gone)
+                self._indexer.delete_features(collection, gone)
             if found:
                 self._write(collection, list(found.values()))
         return len(changed), now
@@ -321,6 +324,7 @@ class Reindexer:
                 drop = result.new_quality.drop_from(result.old_quality)
                 if drop > margin and not force:
                     self._vectors.drop_collection(new)
+                    self._indexer.drop_features(new)
                     result.message = (
                         f"refused: recall drops by {drop:.3f} (more than the margin {margin}); "
                         f"{new} was removed and {old} stays in service (--force switches "
@@ -337,6 +341,7 @@ class Reindexer:
             # Searches that resolved the alias before the switch finish on the old collection.
             time.sleep(grace_s)
             self._vectors.drop_collection(old)
+            self._indexer.drop_features(old)
             result.dropped_old = True
         result.message = f"switched {self._alias!r} to {new}" + (
             f" (was {old})" if old else "")
@@ -374,7 +379,8 @@ def write_report(result: ReindexResult, path: Path) -> None:
 
 def reindex_on_start(catalog: CatalogRepository, engine: Engine, vectors: VectorStore,
                      encoder: VectorEncoder, alias: str, *, shards: int = 1, replicas: int = 1,
-                     batch: int = 64, max_image_pixels: int = 40_000_000) -> ReindexResult:
+                     batch: int = 64, max_image_pixels: int = 40_000_000,
+                     photo: PhotoIndex | None = None) -> ReindexResult:
     """The embedded default (and the demo) rebuild for a new model version by themselves, with
     a progress bar; the old collection is kept (nothing searches it, no grace needed) until a
     later `prodsearch reindex` or a manual drop. No recall check: the old collection cannot
@@ -383,7 +389,8 @@ def reindex_on_start(catalog: CatalogRepository, engine: Engine, vectors: Vector
 
     log.warning("model version changed: re-indexing the catalog for %s", encoder.model_version)
     reindexer = Reindexer(catalog, engine, vectors, encoder, alias, shards=shards,
-                          replicas=replicas, batch=batch, max_image_pixels=max_image_pixels)
+                          replicas=replicas, batch=batch, max_image_pixels=max_image_pixels,
+                          photo=photo)
     with tqdm(desc="reindex", unit="product") as bar:
 
         def set_total(n: int) -> None:

@@ -1,19 +1,28 @@
 """FindRestockMatches: a warehouse photo of a shelf -> the catalog SKUs it shows, each with
 its box, score and stock in that warehouse (low-stock flagged).
 
-No detector weights exist offline, so items are proposed from the photo itself: separate
-regions that stand out from the background (each isolated on white, like a catalog image),
-plus sliding windows for items that do not stand out. Each proposal is matched; each product
-keeps its best proposal; overlapping proposals keep only their best product."""
+With local features (the default) a product is reported only when it is verified on the
+photo: candidates come from the photo's visual words and the dense vectors of its views and
+item regions, each is verified geometrically against its stored features, and every product
+whose calibrated probability passes the scorer's verified threshold is reported with its box.
+Several copies of one product (facings) are found by verifying again on the keypoints
+outside the boxes found so far.
+
+Without local features, items are proposed from the photo itself: separate regions that
+stand out from the background (each isolated on white, like a catalog image), plus sliding
+windows for items that do not stand out. Each proposal is matched; each product keeps its
+best proposal; overlapping proposals keep only their best product."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL.Image import Image
 
 from backend.config import SearchSettings
+from backend.domain.photo_index import PhotoIndex
+from backend.domain.photo_verify import verified_on_shelf
 from backend.domain.ports import VectorEncoder
 from backend.domain.tenants import tenant_name
 from backend.domain.types import Filters, Product, StockLevel
@@ -44,6 +53,8 @@ class RestockMatch:
     box: Box
     stock: list[StockLevel]
     low_stock: bool
+    facings: int = 1
+    facing_boxes: list[Box] = field(default_factory=list)
 
 
 def overlap_of_smaller(a: Box, b: Box) -> float:
@@ -93,7 +104,9 @@ class RestockService:
         encoder: VectorEncoder,
         collection: str,
         settings: SearchSettings,
+        photo: PhotoIndex | None = None,
     ) -> None:
+        self._photo = photo
         self._catalog = catalog
         self._vectors = vectors
         self._encoder = encoder
@@ -113,6 +126,13 @@ class RestockService:
         top_k = top_k or 5
         if not 1 <= top_k <= 20:
             raise InvalidInput("top_k must be between 1 and 20")
+        if self._photo is not None:
+            found = await verified_on_shelf(
+                self._photo, self._vectors, self._encoder, self._collection, self._settings,
+                photo, filters or Filters(), top_k)
+            chosen = [(f.probability, f.product_id, f.box) for f in found]
+            boxes = {f.product_id: f.boxes for f in found}
+            return await self._matches(chosen, boxes, warehouse, bin_)
         image = await run_heavy(
             decode_image, photo, max_bytes=self._settings.max_image_bytes,
             max_pixels=self._settings.max_image_pixels,
@@ -130,6 +150,11 @@ class RestockService:
             return found
 
         chosen = select(await asyncio.to_thread(match_all), top_k)
+        return await self._matches(chosen, {c[1]: [c[2]] for c in chosen}, warehouse, bin_)
+
+    async def _matches(self, chosen: list[tuple[float, str, Box]], boxes: dict[str, list[Box]],
+                       warehouse: str, bin_: str) -> list[RestockMatch]:
+        principal = current_principal()
         products = await asyncio.to_thread(self._catalog.get_products, [c[1] for c in chosen])
         matches = []
         for score, product_id, box in chosen:
@@ -139,8 +164,10 @@ class RestockService:
             product = products[product_id]
             stock = [s for s in product.inventory
                      if s.warehouse == warehouse and (not bin_ or s.bin == bin_)]
+            facing_boxes = boxes.get(product_id) or [box]
             matches.append(RestockMatch(product, score, box, stock,
-                                        low_stock=not stock or any(s.low for s in stock)))
+                                        low_stock=not stock or any(s.low for s in stock),
+                                        facings=len(facing_boxes), facing_boxes=facing_boxes))
         # Highest score first; among (near) ties, what must be restocked comes first.
         matches.sort(key=lambda m: (-round(m.score, 2), not m.low_stock))
         return matches

@@ -15,6 +15,8 @@ from PIL.Image import Image
 from backend.config import SearchSettings
 from backend.domain.mmr import mmr
 from backend.domain.payload import normalise_filters
+from backend.domain.photo_index import PhotoIndex
+from backend.domain.photo_search import best_per_product, describe_query, search_photo
 from backend.domain.ports import VectorEncoder
 from backend.domain.types import Filters, SearchHit, SearchResult
 from backend.errors import InvalidInput, NotFound, NotReady, shown
@@ -72,7 +74,9 @@ class SearchService:
         encoder: VectorEncoder,
         collection: str,
         settings: SearchSettings,
+        photo: PhotoIndex | None = None,
     ) -> None:
+        self._photo = photo
         self._catalog = catalog
         self._vectors = vectors
         self._encoder = encoder
@@ -111,6 +115,14 @@ class SearchService:
             )
 
         collection = await asyncio.to_thread(self._vectors.resolve, self._collection)
+        if query.image and self._photo is not None and not query.diversify:
+            hits, more = await self._search_photo(query, filters, collection, offset, top_k)
+            return SearchResult(
+                hits=[h for h in hits if principal.can_see(h.product)],
+                next_page_token=encode_page_token(offset + top_k) if more else "",
+                model_version=self._encoder.model_version,
+                catalog_version=reflected,
+            )
         limit = (offset + top_k) * _GROUP_OVERFETCH
         if query.diversify:
             # Always the same candidate pool, whatever the page: MMR picks greedily, so every
@@ -236,6 +248,55 @@ class SearchService:
         results = await asyncio.gather(*(asyncio.to_thread(run, v) for v in encoded))
         name = vector_for(encoded[0])
         return _best_per_point(results), "" if name == "hybrid" else name
+
+    async def _search_photo(self, query: SearchQuery, filters: Filters, collection: str,
+                            offset: int, top_k: int) -> tuple[list[SearchHit], bool]:
+        """A photo (and maybe text): dense views + visual words (+ text) fused in the store,
+        the best candidates verified geometrically, ranked by the calibrated scorer."""
+        assert self._photo is not None
+        photo = self._photo
+        settings = self._settings
+        image = await run_heavy(
+            decode_image, query.image, max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels, draft_px=settings.query_image_draft_px,
+            max_decode_pixels=settings.max_decode_pixels)
+        views = await run_heavy(query_views, image)
+        text = query.text.strip() or None
+        # Features on a feature thread while the encoder batches the views (and the text).
+        described = run_heavy(describe_query, photo, query.image, image)
+        encodings = [self._encoder.encode(view, None) for view in views]
+        if text is not None:
+            encodings.append(self._encoder.encode(None, text))
+        described_query, *encoded = await asyncio.gather(described, *encodings)
+        text_vector = encoded.pop()["text"] if text is not None else None
+        image_vector = "fused" if "fused" in self._encoder.dims else "image"
+        view_vectors = [v[image_vector] for v in encoded]
+        limit = (offset + top_k) * _GROUP_OVERFETCH
+        candidates = await search_photo(
+            photo, self._vectors, collection, described_query, view_vectors, text_vector,
+            filters, limit, settings.verify_top, [v["image"] for v in encoded], image_vector,
+            settings.verify_first)
+        ranked = best_per_product(candidates)
+        # Unverified candidates follow by dense cosine; their score is capped by the hit
+        # above, so scores stay a ranking (score_parts keep the raw signals).
+        ceiling = 1.0
+        for c in ranked:
+            c.probability = ceiling = min(ceiling, c.probability)
+        page = ranked[offset: offset + top_k]
+        products = await asyncio.to_thread(
+            self._catalog.get_products, [c.product_id for c in page])
+        hits = [
+            SearchHit(
+                product=products[c.product_id],
+                score=c.probability,
+                matched_image=c.point.payload.position,
+                box=described_query.to_upload(c.box),
+                parts=c.parts,
+            )
+            for c in page
+            if c.product_id in products
+        ]
+        return hits, len(ranked) > offset + top_k
 
     async def _product_vector(
         self, product_id: str, collection: str, name: str

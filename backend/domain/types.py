@@ -125,6 +125,8 @@ class SearchHit:
     product: Product
     score: float
     matched_image: int  # image position, -1 when only the text vector matched
+    box: tuple[int, int, int, int] | None = None  # where a photo query found it (x0, y0, x1, y1)
+    parts: dict[str, float] = field(default_factory=dict)  # signals a photo score came from
 
 
 @dataclass

@@ -7,10 +7,10 @@ from __future__ import annotations
 import io
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageFilter
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 Box = tuple[int, int, int, int]
 
@@ -29,6 +29,10 @@ class PhotoStyle:
     lighting: float = 0.1  # brightness/contrast/colour jitter
     blur: tuple[float, float] = (0.3, 0.8)
     jpeg_quality: tuple[int, int] = (75, 90)
+    # Harder conditions, off in EASY and SHELF (their photos stay as they were):
+    occlusion: float = 0.0  # up to this share of the item's box hidden by an occluder
+    glare: float = 0.0  # strength of a specular highlight (0..1)
+    noise: float = 0.0  # sensor noise, grey levels (Gaussian sigma)
 
 
 EASY = PhotoStyle()
@@ -43,6 +47,12 @@ SHELF = PhotoStyle(
     blur=(0.3, 1.5),
     jpeg_quality=(45, 85),
 )
+# The photo sets of the shelf evaluation: SHELF plus occlusion, glare and sensor noise;
+# a product photo (item fills the frame) with perspective, coloured light, glare and noise.
+SHELF_HARD = replace(SHELF, occlusion=0.3, glare=0.6, noise=6.0)
+PRODUCT_HARD = replace(EASY, item_scale=(0.7, 0.9), rotation=15.0, perspective=0.1,
+                       texture=0.3, lighting=0.3, blur=(0.3, 1.2), jpeg_quality=(50, 85),
+                       occlusion=0.15, glare=0.6, noise=5.0)
 
 
 def _rgba(image: Image.Image) -> Image.Image:
@@ -94,7 +104,51 @@ def _background(size: int, style: PhotoStyle, rng: random.Random) -> Image.Image
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
+def _content_box(layer: Image.Image, x: int, y: int) -> Box:
+    """Where the item's opaque pixels landed (its layer's box includes transparent margins)."""
+    inner = layer.getchannel("A").getbbox() or (0, 0, layer.width, layer.height)
+    return (x + inner[0], y + inner[1], x + inner[2], y + inner[3])
+
+
+def _occlude(photo: Image.Image, box: Box, share: float, rng: random.Random) -> None:
+    """A finger, price tag or shelf edge over part of the item: a solid bar or blob in a
+    muted colour covering up to `share` of the item's box, entering from one side."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    cover = rng.uniform(0.3, 1.0) * share
+    colour = tuple(rng.randrange(30, 200) for _ in range(3))
+    draw = ImageDraw.Draw(photo)
+    side = rng.randrange(4)
+    if side == 0:
+        region = (x0 - 2, y0 - 2, x0 + int(w * cover), y1 + 2)
+    elif side == 1:
+        region = (x1 - int(w * cover), y0 - 2, x1 + 2, y1 + 2)
+    elif side == 2:
+        region = (x0 - 2, y0 - 2, x1 + 2, y0 + int(h * cover))
+    else:
+        region = (x0 - 2, y1 - int(h * cover), x1 + 2, y1 + 2)
+    if rng.random() < 0.5:
+        draw.rectangle(region, fill=colour)
+    else:
+        draw.ellipse(region, fill=colour)
+
+
+def _glare(photo: Image.Image, strength: float, rng: random.Random) -> Image.Image:
+    """A soft specular highlight: a bright elliptical blob blended towards white."""
+    w, h = photo.size
+    cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
+    rx, ry = rng.uniform(0.08, 0.3) * w, rng.uniform(0.05, 0.2) * h
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    alpha = np.exp(-(((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2)) * rng.uniform(
+        0.4, 1.0) * strength
+    pixels = np.asarray(photo, dtype=np.float32)
+    pixels = pixels * (1 - alpha[..., None]) + 255.0 * alpha[..., None]
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
 def _finish(photo: Image.Image, style: PhotoStyle, rng: random.Random) -> Image.Image:
+    if style.glare > 0:
+        photo = _glare(photo, style.glare, rng)
     light = style.lighting
     if light > 0:
         photo = ImageEnhance.Brightness(photo).enhance(rng.uniform(1 - light, 1 + light))
@@ -103,6 +157,11 @@ def _finish(photo: Image.Image, style: PhotoStyle, rng: random.Random) -> Image.
         pixels = np.asarray(photo, dtype=np.float32) * cast
         photo = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     photo = photo.filter(ImageFilter.GaussianBlur(rng.uniform(*style.blur)))
+    if style.noise > 0:
+        grain = np.random.default_rng(rng.getrandbits(64)).normal(
+            0.0, style.noise, (photo.height, photo.width, 1))
+        pixels = np.asarray(photo, dtype=np.float32) + grain
+        photo = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     out = io.BytesIO()
     photo.save(out, format="JPEG", quality=rng.randint(*style.jpeg_quality))
     out.seek(0)
@@ -140,6 +199,8 @@ def render_scene(
     y = rng.randrange(0, max(1, size - layer.height))
     photo.paste(layer, (x, y), layer)
     box = (x, y, min(size, x + layer.width), min(size, y + layer.height))
+    if style.occlusion > 0:
+        _occlude(photo, _content_box(layer, x, y), style.occlusion, rng)
     return Scene(_finish(photo, style, rng), box, tuple(chosen))
 
 
@@ -173,6 +234,8 @@ def render_shelf(
         y = rng.randrange(0, max(1, height - layer.height))
         photo.paste(layer, (x, y), layer)
         boxes.append((x, y, min(width, x + layer.width), min(height, y + layer.height)))
+        if style.occlusion > 0:
+            _occlude(photo, _content_box(layer, x, y), style.occlusion, rng)
     return _finish(photo, style, rng), boxes
 
 

@@ -66,7 +66,8 @@ def plot_curves(result: dict[str, Any], path: Path) -> Path:
 
 
 def _task_options(task: str, limit: int | None, queries: int | None,
-                  crop_queries: int | None) -> dict[str, Any]:
+                  crop_queries: int | None, restock_photos: int | None = None
+                  ) -> dict[str, Any]:
     """Sizes for one task. `limit` shrinks everything for quick runs: fmnist gets `limit`
     queries and 10 x `limit` gallery images; openclipart tasks a gallery of `limit` items."""
     opts: dict[str, Any] = {}
@@ -82,13 +83,15 @@ def _task_options(task: str, limit: int | None, queries: int | None,
             opts["queries"] = queries
         if task == "shelf" and crop_queries is not None:
             opts["crop_queries"] = crop_queries
+        if task == "shelf" and restock_photos is not None:
+            opts["restock_photos"] = restock_photos
     return opts
 
 
 def run(task: str, *, out_dir: Path = DEFAULT_OUT, limit: int | None = None,
         seed: int = 0, queries: int | None = None, crop_queries: int | None = None,
-        variants: list[str] | None = None, device: str = "cpu", use_cache: bool = True
-        ) -> dict[str, Any]:
+        variants: list[str] | None = None, device: str = "cpu", use_cache: bool = True,
+        restock_photos: int | None = None) -> dict[str, Any]:
     """Run one task (or "all"); write <task>.json and <task>_recall.png into `out_dir`;
     return the JSON document."""
     names = list(TASKS) if task == "all" else [task]
@@ -103,9 +106,10 @@ def run(task: str, *, out_dir: Path = DEFAULT_OUT, limit: int | None = None,
     timer = Timer()
     docs: dict[str, Any] = {}
     for name in names:
-        opts = _task_options(name, limit, queries, crop_queries)
+        opts = _task_options(name, limit, queries, crop_queries, restock_photos)
         if variants is not None:
-            opts["variants"] = [v for v in variants if v in tasks.IMAGE_VARIANTS]
+            opts["variants"] = [v for v in variants
+                                if v in tasks.IMAGE_VARIANTS or v == tasks.PHOTO_VARIANT]
         task_fn: Callable[..., dict[str, Any]] = getattr(tasks, TASKS[name])
         result = task_fn(ctx, seed=seed, **opts)
         result["png"] = str(plot_curves(result, out_dir / f"{name}_recall.png"))
@@ -166,7 +170,10 @@ def add_arguments(parser: argparse.ArgumentParser, extra_tasks: Sequence[str] = 
                         "openclipart gallery of N items")
     parser.add_argument("--queries", type=int, help="number of queries (task default otherwise)")
     parser.add_argument("--crop-queries", type=int, help="shelf: queries run with multi-crop")
-    parser.add_argument("--variants", help="comma-separated image variants to run")
+    parser.add_argument("--variants", help="comma-separated image variants to run; shelf: "
+                        "'photo' runs the photo sets (dense / local / combined)")
+    parser.add_argument("--restock-photos", type=int, default=None,
+                        help="shelf: restock photos of 2-5 items (default 200)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (eval_out)")
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed (default 0)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
@@ -177,7 +184,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     doc = run(args.task, out_dir=Path(args.out), limit=args.limit, seed=args.seed,
               queries=args.queries, crop_queries=args.crop_queries,
               variants=args.variants.split(",") if args.variants else None,
-              device=args.device, use_cache=not args.no_cache)
+              device=args.device, use_cache=not args.no_cache,
+              restock_photos=args.restock_photos)
     if args.json:
         print(json.dumps(doc, ensure_ascii=False))
     else:

@@ -43,7 +43,10 @@ from encoders.evaluation.variants import (
 from encoders.localise import query_views
 from encoders.preprocess import to_rgb
 
-__all__ = ["CURVE_KS", "fmnist_category", "shelf", "text"]
+__all__ = ["CURVE_KS", "PHOTO_VARIANT", "fmnist_category", "shelf", "text"]
+
+# The shelf task's photo sets (encoders.evaluation.photo_sets): a variant name of its own.
+PHOTO_VARIANT = "photo"
 
 CURVE_KS = (1, 2, 3, 5, 10, 20, 50, 100)
 SPLIT_RULE = "eval iff int(sha1(path relative to the image root)) % 5 == 0 (fixed, seedless)"
@@ -51,7 +54,7 @@ SPLIT_RULE = "eval iff int(sha1(path relative to the image root)) % 5 == 0 (fixe
 
 def _variants(names: Sequence[str] | None) -> list[ImageVariant]:
     names = list(IMAGE_VARIANTS) if names is None else list(names)
-    return [IMAGE_VARIANTS[n] for n in names]
+    return [IMAGE_VARIANTS[n] for n in names if n != PHOTO_VARIANT]
 
 
 def _ranked(scores: np.ndarray, relevant: np.ndarray, k: int | None = None) -> np.ndarray:
@@ -184,8 +187,10 @@ def _shelf_metrics(scores: np.ndarray, targets: np.ndarray,
 
 def shelf(ctx: Context, *, limit: int | None = None, queries: int | None = 500,
           crop_queries: int | None = 100, seed: int = 0,
-          variants: Sequence[str] | None = None) -> dict[str, Any]:
-    """Photo-like shelf renderings of evaluation items query the catalog images."""
+          variants: Sequence[str] | None = None, restock_photos: int = 200
+          ) -> dict[str, Any]:
+    """Photo-like shelf renderings of evaluation items query the catalog images; with the
+    `photo` variant, also the photo sets of `photo_sets` (dense / local / combined)."""
     total = Timer()
     gallery = _openclipart_gallery(limit, seed)
     q_index = np.array(_eval_queries(gallery, queries, seed), dtype=np.int64)
@@ -253,8 +258,22 @@ def shelf(ctx: Context, *, limit: int | None = None, queries: int | None = 500,
             out["crops"]["seconds"] = t.seconds()
         out["seconds"] = timer.seconds()
         results[variant.name] = out
+    photo_results: dict[str, Any] | None = None
+    if variants is None or PHOTO_VARIANT in variants:
+        from encoders.evaluation import photo_sets
+
+        timer = Timer()
+        backbone = IMAGE_VARIANTS["backbone"]
+        g, _ = gallery_features(ctx, backbone, "openclipart", ids,
+                                lambda j: _catalog_image(gallery[j]))
+        photo_results, photo_curves = photo_sets.evaluate(
+            ctx, gallery, [int(i) for i in q_index], g, seed, restock_photos)
+        photo_results["seconds"] = timer.seconds()
+        photo_results["about"] = photo_sets.photo_sets_doc()
+        curves.update(photo_curves)
     return {
         "task": "shelf",
+        "photo_sets": photo_results,
         "data": "Debian openclipart-png; gallery = catalog images (alpha on white); queries = "
                 "photos.render_photo(item, photo_rng(item, seed), photos.SHELF, distractors = "
                 "up to 8 other gallery items) of evaluation-split items only",

@@ -11,8 +11,19 @@ from pathlib import Path
 
 __all__ = ["add_arguments", "run_from_args"]
 
+DEFAULT_OUT = "data/fusion/fusion.pt"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", choices=("fusion", "vocabulary", "photo-scorer"),
+                   default="fusion", help="fusion: the fusion model; vocabulary: visual "
+                   "words for photo search; photo-scorer: the calibrated photo match scorer "
+                   "(both on the openclipart train split)")
+    p.add_argument("--features-cache", default="bench/eval_results/cache",
+                   help="photo-scorer: where catalog features are cached (shared with "
+                   "`prodsearch eval`)")
+    p.add_argument("--words", type=int, default=4096, help="vocabulary size (--task "
+                   "vocabulary)")
     p.add_argument("--catalog", help="catalog JSONL (the ingest format); default: the "
                    "openclipart train split (evaluation items are never used)")
     p.add_argument("--limit", type=int, default=None,
@@ -26,8 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(lstm: trained from scratch with it)")
     p.add_argument("--photos", type=int, default=2,
                    help="shelf-style photo renderings cached per item")
-    p.add_argument("--out", default="data/fusion/fusion.pt",
-                   help="training checkpoint (written after every epoch)")
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help="training checkpoint (written after every epoch); with a photo "
+                   "task, the file to write (default: the shipped one)")
     p.add_argument("--export", default="",
                    help="also write a serving copy here (fp16, no optimizer state)")
     p.add_argument("--cache-dir", default="data/fusion-cache",
@@ -38,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    if args.task != "fusion":
+        return _photo_task(args)
     from encoders.training.data import load_catalog, openclipart_items
     from encoders.training.train import TrainSettings, export_checkpoint, train
 
@@ -68,4 +82,26 @@ def run_from_args(args: argparse.Namespace) -> int:
         summary["exported"] = args.export
         summary["model_version"] = export_checkpoint(args.out, Path(args.export))
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _photo_task(args: argparse.Namespace) -> int:
+    from encoders.training import photo
+
+    argv = sys.argv[1:]
+    argv = argv[argv.index("train") + 1 :] if "train" in argv else argv
+    command = "prodsearch train " + shlex.join(argv)
+    items = photo.train_items()
+    out = args.out if args.out != DEFAULT_OUT else None
+    if args.task == "vocabulary":
+        chosen = photo.seeded(items, args.limit, args.seed, "vocabulary")
+        report = photo.build_vocabulary(chosen, args.words, seed=args.seed,
+                                        out=out or photo.VOCABULARY_FILE,
+                                        progress=not args.quiet, command=command)
+    else:
+        report = photo.fit_photo_scorer(limit=args.limit or 300, seed=args.seed,
+                                        out=out or photo.SCORER_FILE,
+                                        cache_dir=args.features_cache,
+                                        progress=not args.quiet, command=command)
+    print(json.dumps(report, indent=2))
     return 0

@@ -1,8 +1,10 @@
 """Crash safety of ingest + the outbox indexer: `prodsearch ingest` runs in a subprocess and is
-SIGKILLed at random moments (in the SQL write, in encoding, in the vector upsert), at least 10
-times, then run to the end. Every acknowledged product must be in SQL and in the vector store
-exactly once with the current model version, nothing half-written may be searchable, and
-`prodsearch reconcile` must report 0 differences.
+SIGKILLed at random moments (in the SQL write, in encoding, in writing the local-feature
+files, in the vector upsert), at least 10 times, then run to the end. Every acknowledged
+product must be in SQL and in the vector store exactly once with the current model version,
+nothing half-written may be searchable, every image point must have its local features
+after every crash, and `prodsearch reconcile` (which checks the feature files too) must
+report 0 differences.
 
 The child runs the real command (`backend.cli.main(["ingest", ...])`): real SQLite catalog,
 outbox, indexer and qdrant-edge store. Only the encoder is replaced by a fast deterministic
@@ -22,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from backend.stores.vectors.base import PointPayload
@@ -29,7 +32,7 @@ from tests.fakes import FAKE_VERSION, FakeEncoder
 
 N_PRODUCTS = 300
 MIN_KILLS = 10
-PHASES = ("sql", "encode", "upsert")
+PHASES = ("sql", "encode", "features", "upsert")
 
 
 def _say(line: str) -> None:
@@ -42,6 +45,7 @@ def _child(command: str, data_dir: str, file: str = "") -> int:
     import backend.app
     from backend import cli
     from backend.stores.catalog.repository import CatalogRepository
+    from backend.stores.features import FeatureStore
     from backend.stores.vectors.edge import EdgeVectorStore
 
     backend.app.make_encoder = lambda settings: FakeEncoder(  # type: ignore
@@ -61,6 +65,14 @@ def _child(command: str, data_dir: str, file: str = "") -> int:
         _say("phase upsert")
         vector_upsert(self, collection, points)
 
+    put_many = FeatureStore.put_many
+
+    def put_many_announced(self: FeatureStore, collection: str, items: list
+                           ) -> int:  # type: ignore[type-arg]
+        _say("phase features")
+        return put_many(self, collection, items)
+
+    FeatureStore.put_many = put_many_announced  # type: ignore[method-assign]
     CatalogRepository.upsert_products = upsert_announced  # type: ignore[method-assign]
     EdgeVectorStore.upsert = vector_upsert_announced  # type: ignore[method-assign]
     name = {"child": "ingest", "reconcile": "reconcile"}[command]
@@ -71,12 +83,12 @@ def _child(command: str, data_dir: str, file: str = "") -> int:
 def make_catalog(root: Path, n: int) -> Path:
     images = root / "images"
     images.mkdir(parents=True)
-    rng = random.Random(11)
     lines = []
     for i in range(n):
         path = images / f"p{i}.png"
-        colour = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
-        Image.new("RGB", (24, 24), colour).save(path)
+        # Textured, so that every image has local features to store.
+        pixels = np.random.default_rng(i).integers(0, 256, size=(12, 12, 3), dtype=np.uint8)
+        Image.fromarray(pixels).resize((96, 96), Image.Resampling.NEAREST).save(path)
         lines.append(json.dumps({
             "sku": f"CS-{i:04d}", "merchant": f"m{i % 3}", "title": f"crash test item {i}",
             "description": "", "category": f"crash/c{i % 5}", "brand": "b", "size": "M",
@@ -133,6 +145,19 @@ def _points(data_dir: Path) -> list[tuple[str, PointPayload]]:
         store.close()
 
 
+def _points_without_features(data_dir: Path, points: list[tuple[str, PointPayload]]
+                             ) -> list[str]:
+    """Image points whose local-feature file is missing (the indexer writes it first)."""
+    from backend.stores.features import FeatureStore
+
+    if not points or not (data_dir / "features").is_dir():
+        return [pid for pid, p in points if p.position >= 0]
+    store = FeatureStore(data_dir / "features")
+    collections = [c.name for c in (data_dir / "features").iterdir() if c.is_dir()]
+    stored = {f.point_id for c in collections for f in store.scan(c)}
+    return [pid for pid, p in points if p.position >= 0 and pid not in stored]
+
+
 def test_sigkill_during_ingest_loses_nothing(tmp_path: Path) -> None:
     started = time.monotonic()
     file = make_catalog(tmp_path / "src", N_PRODUCTS)
@@ -140,7 +165,7 @@ def test_sigkill_during_ingest_loses_nothing(tmp_path: Path) -> None:
     rng = random.Random(2024)
     acked: set[str] = set()
     kills: dict[str, int] = dict.fromkeys(PHASES, 0)
-    targets = [PHASES[i % 3] for i in range(30)]
+    targets = [PHASES[i % len(PHASES)] for i in range(30)]
     attempt = 0
     while sum(kills.values()) < MIN_KILLS and attempt < 25:
         target = targets[attempt]
@@ -165,9 +190,11 @@ def test_sigkill_during_ingest_loses_nothing(tmp_path: Path) -> None:
         live = _live_products(data_dir) if (data_dir / "catalog.sqlite3").exists() else {}
         assert acked <= set(live), sorted(acked - set(live))[:5]
         ids = set(live.values())
-        orphans = [pid for pid, payload in _points(data_dir)
-                   if payload.product_id not in ids]
+        points = _points(data_dir)
+        orphans = [pid for pid, payload in points if payload.product_id not in ids]
         assert not orphans, orphans[:5]
+        unverifiable = _points_without_features(data_dir, points)
+        assert not unverifiable, unverifiable[:5]
         if not killed:
             break  # ran to the end before the target phase came
     assert sum(kills.values()) >= MIN_KILLS and all(kills.values()), kills
@@ -186,6 +213,7 @@ def test_sigkill_during_ingest_loses_nothing(tmp_path: Path) -> None:
         assert len(payloads) == 1
         assert payloads[0].model_version == FAKE_VERSION
         assert payloads[0].position == 0
+    assert _points_without_features(data_dir, points) == []
 
     report = _spawn("reconcile", str(data_dir))
     out, _ = report.communicate(timeout=120)

@@ -28,7 +28,9 @@ from backend.stores.vectors import (
     EdgeVectorStore,
     PayloadPatch,
     PointPayload,
+    Prefetch,
     QdrantServerStore,
+    SparseVector,
     VectorPoint,
     VectorStore,
     category_prefixes,
@@ -411,6 +413,141 @@ def test_hybrid_search(backend: Backend) -> None:
     assert target.id not in ids(filtered)
     with pytest.raises(InvalidInput):
         backend.store.search_hybrid(backend.catalog, {}, Filters(), 10)
+
+
+# --- sparse visual words and fused candidate queries ---------------------------------------
+
+VOCAB = 500
+
+
+def words_of(point: VectorPoint) -> SparseVector:
+    """Deterministic visual words of one image point: 12 distinct words with counts."""
+    rng = np.random.default_rng(uuid.UUID(point.id).int % 2**32)
+    indices = rng.choice(VOCAB, size=12, replace=False).astype(np.int64)
+    return SparseVector(indices, rng.integers(1, 4, size=12).astype(np.float32))
+
+
+def with_words(points: list[VectorPoint]) -> list[VectorPoint]:
+    return [replace(p, sparse={"words": words_of(p)}) if "image" in p.vectors else p
+            for p in points]
+
+
+def sparse_spec(name: str) -> CollectionSpec:
+    return spec(name, sparse_vectors=["words"])
+
+
+@pytest.fixture
+def worded(backend: Backend) -> Iterator[str]:
+    """A collection with the `words` sparse vector holding the whole synthetic catalog."""
+    name = unique("words")
+    backend.store.ensure_collection(sparse_spec(name))
+    backend.store.upsert(name, with_words(CATALOG.points))
+    yield name
+    backend.store.drop_collection(name)
+
+
+def test_sparse_words_find_the_image(backend: Backend, worded: str) -> None:
+    target = CATALOG.product_points("p004")[1]
+    hits = backend.store.search_fused(
+        worded, [Prefetch("words", words_of(target))], Filters(), limit=5)
+    assert hits[0].id == target.id
+    assert hits[0].score == pytest.approx(1 / RRF_K, rel=1e-4)
+    # Text-only points have no words and are never sparse candidates.
+    assert all(h.payload.position >= 0 for h in backend.store.search_fused(
+        worded, [Prefetch("words", words_of(target), depth=200)], Filters(), limit=200))
+
+
+def test_sparse_words_are_weighted_by_idf(backend: Backend, fresh: str) -> None:
+    """A word every image has counts for (almost) nothing; a rare one decides."""
+    store = backend.store
+    name = unique("idf")
+    store.ensure_collection(sparse_spec(name))
+    points = [p for p in CATALOG.points if "image" in p.vectors][:20]
+    common, rare = 1, 2
+    rows = []
+    for i, p in enumerate(points):
+        if i == 0:  # the common word many times
+            words = SparseVector(np.array([common]), np.array([5.0], np.float32))
+        elif i == 1:  # the rare word once, and the common word once
+            words = SparseVector(np.array([common, rare]), np.array([1.0, 1.0], np.float32))
+        else:
+            words = SparseVector(np.array([common, 10 + i]), np.array([1.0, 1.0], np.float32))
+        rows.append(replace(p, sparse={"words": words}))
+    store.upsert(name, rows)
+    query = SparseVector(np.array([common, rare]), np.array([1.0, 1.0], np.float32))
+    hits = store.search_fused(name, [Prefetch("words", query)], Filters(), limit=3)
+    assert hits[0].id == points[1].id, "without IDF the image with 5x the common word wins"
+    store.drop_collection(name)
+
+
+def test_fused_query_combines_dense_views_and_words(backend: Backend, worded: str) -> None:
+    store = backend.store
+    target = CATALOG.product_points("p003")[0]
+    other = CATALOG.product_points("p008")[0]
+    prefetches = [
+        Prefetch("image", target.vectors["image"], depth=5),  # one view of the photo
+        Prefetch("image", other.vectors["image"], depth=5),  # another, showing something else
+        Prefetch("words", words_of(target), depth=5),
+    ]
+    hits = store.search_fused(worded, prefetches, Filters(), limit=10)
+    assert hits[0].id == target.id
+    assert 2 / RRF_K <= hits[0].score < 3 / RRF_K  # first in two of the three lists
+    assert hits[1].id == other.id  # first in the other one
+    returned = store.search_fused(worded, prefetches, Filters(), limit=3, with_vectors=["image"])
+    assert set(returned[0].vectors) == {"image"}
+    np.testing.assert_allclose(returned[0].vectors["image"], target.vectors["image"], atol=1e-5)
+    with pytest.raises(InvalidInput):
+        store.search_fused(worded, prefetches, Filters(), limit=3, with_vectors=["colour"])
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    # The filter applies inside every prefetch: nothing outside it, even from the words.
+    filters, predicate = FILTER_CASES["combined"]
+    assert not predicate(target.payload)
+    filtered = store.search_fused(worded, prefetches, filters, limit=20)
+    assert filtered and all(predicate(h.payload) for h in filtered)
+    assert target.id not in ids(filtered)
+
+
+def test_fused_query_rejects_bad_input(backend: Backend, worded: str) -> None:
+    store = backend.store
+    good = words_of(CATALOG.points[0])
+    bad = {
+        "no prefetch": [],
+        "unknown sparse": [Prefetch("colours", good)],
+        "dense name as sparse": [Prefetch("image", good)],
+        "unknown dense": [Prefetch("fused", np.ones(IMG, np.float32))],
+        "repeated index": [Prefetch("words", SparseVector(np.array([3, 3]), np.ones(2)))],
+        "negative index": [Prefetch("words", SparseVector(np.array([-1]), np.ones(1)))],
+        "length mismatch": [Prefetch("words", SparseVector(np.array([1, 2]), np.ones(1)))],
+        "NaN weight": [Prefetch("words", SparseVector(np.array([1]), np.array([np.nan])))],
+        "zero depth": [Prefetch("words", good, depth=0)],
+    }
+    for case, prefetches in bad.items():
+        with pytest.raises(InvalidInput):
+            store.search_fused(worded, prefetches, Filters(), 5)
+            pytest.fail(case)
+    with pytest.raises(NotReady):
+        store.search_fused(unique("missing"), [Prefetch("words", good)], Filters(), 5)
+
+
+def test_sparse_vectors_added_to_an_existing_collection(backend: Backend, fresh: str) -> None:
+    """The embedded store adds a sparse vector in place; a server cannot add a vector to a
+    collection, so it says to reindex."""
+    store = backend.store
+    points = CATALOG.product_points("p001")
+    store.upsert(fresh, points)
+    with pytest.raises(InvalidInput):  # no such sparse vector yet
+        store.upsert(fresh, with_words(points))
+    if backend.kind != "edge":
+        with pytest.raises(ConfigError, match="reindex"):
+            store.ensure_collection(sparse_spec(fresh))
+        return
+    store.ensure_collection(sparse_spec(fresh))  # added in place, points kept
+    assert store.count(fresh) == len(points)
+    store.upsert(fresh, with_words(points))
+    hits = store.search_fused(fresh, [Prefetch("words", words_of(points[1]))], Filters(), 1)
+    assert hits[0].id == points[1].id
+    assert store.search(fresh, "image", points[0].vectors["image"], Filters(), 1)[0].id \
+        == points[0].id
 
 
 # --- writes --------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """The vector store contract. Implementations: qdrant-edge (embedded) and qdrant-client (server).
 
 One point per product image (a product without images gets one point at position -1).
-Each point carries named vectors (`image`, `text`, later `fused`) and a payload that
-mirrors the filterable catalog attributes, so that a filtered search is one call.
+Each point carries named dense vectors (`image`, `text`, `fused`), optionally named sparse
+vectors (`words`: the visual words of the image's local features, weighted by IDF inside the
+store) and a payload that mirrors the filterable catalog attributes, so that a filtered
+search is one call.
 """
 
 from __future__ import annotations
@@ -62,11 +64,30 @@ class PointPayload:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class SparseVector:
+    """Non-zero entries of a sparse vector: distinct non-negative int indices, float values."""
+
+    indices: np.ndarray
+    values: np.ndarray
+
+
 @dataclass
 class VectorPoint:
     id: str
     vectors: dict[str, np.ndarray]  # name -> 1-D float32, L2-normalised
     payload: PointPayload
+    sparse: dict[str, SparseVector] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Prefetch:
+    """One candidate list of a fused query: nearest points by a dense vector (cosine) or by a
+    sparse one (dot product, IDF-weighted where the collection says so), `depth` deep."""
+
+    name: str
+    vector: np.ndarray | SparseVector
+    depth: int = 100
 
 
 @dataclass
@@ -81,6 +102,9 @@ class ScoredPoint:
 class CollectionSpec:
     name: str
     vectors: dict[str, int]  # vector name -> dimension; distance is always cosine
+    # Sparse vector names; each is scored by dot product with the IDF modifier, so a rare
+    # visual word counts for more than one that occurs in every image.
+    sparse_vectors: list[str] = field(default_factory=list)
     hnsw_m: int = 16
     hnsw_ef_construct: int = 128
     quantize_int8: bool = False
@@ -111,6 +135,38 @@ def vector_values(vector: np.ndarray, name: str, dim: int | None = None) -> list
         raise InvalidInput(f"vector {name!r} contains NaN or infinite values")
     values: list[float] = arr.tolist()
     return values
+
+
+def sparse_values(vector: SparseVector, name: str) -> tuple[list[int], list[float]]:
+    """A sparse vector as (indices, values) lists; InvalidInput if it is malformed."""
+    idx = np.asarray(vector.indices)
+    val = np.asarray(vector.values, dtype=np.float32)
+    if idx.ndim != 1 or val.ndim != 1 or idx.shape != val.shape:
+        raise InvalidInput(f"sparse vector {name!r} needs 1-D indices and values of one length")
+    if idx.size and (not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0
+                     or idx.max() >= 2**32):
+        raise InvalidInput(f"sparse vector {name!r} indices must be integers in [0, 2^32)")
+    if np.unique(idx).size != idx.size:
+        raise InvalidInput(f"sparse vector {name!r} has repeated indices")
+    if not np.isfinite(val).all():
+        raise InvalidInput(f"sparse vector {name!r} contains NaN or infinite values")
+    return [int(i) for i in idx], val.tolist()
+
+
+def check_prefetches(prefetches: list[Prefetch], dense: dict[str, int], sparse: list[str]
+                     ) -> None:
+    """InvalidInput unless every prefetch names a vector of the right kind in the collection."""
+    if not prefetches:
+        raise InvalidInput("a fused search needs at least one prefetch")
+    for pf in prefetches:
+        if pf.depth < 1:
+            raise InvalidInput(f"prefetch depth must be at least 1, got {pf.depth}")
+        if isinstance(pf.vector, SparseVector):
+            if pf.name not in sparse:
+                raise InvalidInput(f"unknown sparse vector {pf.name!r}; the collection has "
+                                   f"{sorted(sparse)}")
+        elif pf.name not in dense:
+            raise InvalidInput(f"unknown vector {pf.name!r}; the collection has {sorted(dense)}")
 
 
 def patch_values(patch: PayloadPatch) -> dict[str, object]:
@@ -174,6 +230,19 @@ class VectorStore(Protocol):
     ) -> list[ScoredPoint]:
         """One query per named vector, combined by reciprocal rank fusion (RRF_K), in one call.
         The filter applies to every per-vector query; scores are fused ranks, not cosines."""
+
+    def search_fused(
+        self,
+        collection: str,
+        prefetches: list[Prefetch],
+        filters: Filters,
+        limit: int,
+        with_vectors: list[str] | None = None,
+    ) -> list[ScoredPoint]:
+        """Several candidate lists (dense or sparse, several per vector name allowed, e.g. one
+        per view of a photo) fused by reciprocal rank fusion (RRF_K) inside the store in one
+        call. The filter applies inside every prefetch; scores are fused ranks.
+        `with_vectors` names dense vectors to return with each point."""
 
     def get_vectors(
         self, collection: str, product_id: str, vector_name: str

@@ -43,9 +43,13 @@ from backend.stores.vectors.base import (
     CollectionSpec,
     PayloadPatch,
     PointPayload,
+    Prefetch,
     ScoredPoint,
+    SparseVector,
     VectorPoint,
+    check_prefetches,
     patch_values,
+    sparse_values,
     vector_values,
 )
 from backend.stores.vectors.filters import (
@@ -114,6 +118,10 @@ def _edge_config(spec: CollectionSpec) -> qe.EdgeConfig:
             name: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
             for name, dim in spec.vectors.items()
         },
+        sparse_vectors={
+            name: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)
+            for name in spec.sparse_vectors
+        } or None,
         hnsw_config=qe.HnswIndexConfig(
             m=spec.hnsw_m,
             ef_construct=spec.hnsw_ef_construct,
@@ -314,10 +322,23 @@ class EdgeVectorStore:
                         f"collection {name!r} exists with vectors {stored.vectors}, not "
                         f"{spec.vectors}; index into a new collection and switch the alias"
                     )
-                if dataclasses.replace(stored, name=name) != spec:
-                    log.info("collection %r keeps its stored settings %s", name, stored)
                 coll = self._collections.get(name)
                 shard = coll.shard if coll else qe.EdgeShard.load(str(self._root / name))
+                added = [n for n in spec.sparse_vectors if n not in stored.sparse_vectors]
+                if added:
+                    # Sparse vectors are derived data that can be added in place: points
+                    # written before simply have none until they are indexed again.
+                    for sparse_name in added:
+                        shard.update(qe.UpdateOperation.create_sparse_vector(
+                            sparse_name, modifier=qe.Modifier.Idf))
+                    shard.flush()
+                    stored = dataclasses.replace(
+                        stored, sparse_vectors=[*stored.sparse_vectors, *added])
+                    _write_atomic(self._spec_path(name), dataclasses.asdict(stored))
+                    if coll is not None:
+                        coll.spec = stored
+                if dataclasses.replace(stored, name=name) != spec:
+                    log.info("collection %r keeps its stored settings %s", name, stored)
                 self._ensure_indexes(shard)
                 if coll is None:
                     self._collections[name] = _Collection(name, stored, shard)
@@ -352,6 +373,12 @@ class EdgeVectorStore:
                 name: vector_values(vec, name, coll.spec.vectors[name])
                 for name, vec in p.vectors.items()
             }
+            for name, sparse in p.sparse.items():
+                if name not in coll.spec.sparse_vectors:
+                    raise InvalidInput(
+                        f"point {p.id}: unknown sparse vector {name!r}; collection "
+                        f"{coll.name!r} has {sorted(coll.spec.sparse_vectors)}")
+                vectors[name] = qe.SparseVector(*sparse_values(sparse, name))
             out.append(qe.Point(p.id, vectors, p.payload.to_dict()))
         return out
 
@@ -412,7 +439,9 @@ class EdgeVectorStore:
         for p in points:
             vectors: dict[str, np.ndarray] = {}
             if with_vectors and isinstance(p.vector, dict):
-                vectors = {k: np.asarray(v, dtype=np.float32) for k, v in p.vector.items()}
+                # Dense vectors only: a sparse one (visual words) is not an array.
+                vectors = {k: np.asarray(v, dtype=np.float32) for k, v in p.vector.items()
+                           if isinstance(v, list)}
             out.append(
                 ScoredPoint(
                     id=str(p.id),
@@ -486,6 +515,40 @@ class EdgeVectorStore:
                 with_vector=False,
             )
             return self._scored(coll.shard.query(request), False)
+
+    def search_fused(
+        self,
+        collection: str,
+        prefetches: list[Prefetch],
+        filters: Filters,
+        limit: int,
+        with_vectors: list[str] | None = None,
+    ) -> list[ScoredPoint]:
+        self._check_page(limit, 0)
+        flt = edge_filter(filters)
+        with self._use(collection) as coll:
+            check_prefetches(prefetches, coll.spec.vectors, coll.spec.sparse_vectors)
+            for name in with_vectors or []:
+                self._vector_dim(coll, name)
+            params = self._params(coll)
+            stages = []
+            for pf in prefetches:
+                query: qe.NamedVector
+                if isinstance(pf.vector, SparseVector):
+                    query = qe.SparseVector(*sparse_values(pf.vector, pf.name))
+                else:
+                    query = vector_values(pf.vector, pf.name, coll.spec.vectors[pf.name])
+                stages.append(qe.Prefetch(limit=pf.depth, query=qe.Query.Nearest(
+                    query, using=pf.name), filter=flt, params=params))
+            request = qe.QueryRequest(
+                limit=limit,
+                query=qe.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]
+                prefetches=stages,
+                filter=flt,
+                with_payload=True,
+                with_vector=list(with_vectors) if with_vectors else False,
+            )
+            return self._scored(coll.shard.query(request), bool(with_vectors))
 
     def _scroll(
         self,

@@ -33,9 +33,13 @@ from backend.stores.vectors.base import (
     CollectionSpec,
     PayloadPatch,
     PointPayload,
+    Prefetch,
     ScoredPoint,
+    SparseVector,
     VectorPoint,
+    check_prefetches,
     patch_values,
+    sparse_values,
     vector_values,
 )
 from backend.stores.vectors.filters import (
@@ -115,6 +119,7 @@ class QdrantServerStore:
         options = client.init_options
         self._local = options.get("location") == ":memory:" or options.get("path") is not None
         self._local_lock = threading.RLock()
+        self._schemas: dict[str, tuple[dict[str, int], list[str]]] = {}
 
     @classmethod
     def from_url(
@@ -191,7 +196,9 @@ class QdrantServerStore:
         for p in points:
             vectors: dict[str, np.ndarray] = {}
             if with_vectors and isinstance(p.vector, dict):
-                vectors = {k: np.asarray(v, dtype=np.float32) for k, v in p.vector.items()}
+                # Dense vectors only: a sparse one (visual words) is not an array.
+                vectors = {k: np.asarray(v, dtype=np.float32) for k, v in p.vector.items()
+                           if isinstance(v, list)}
             out.append(
                 ScoredPoint(
                     id=str(p.id),
@@ -254,6 +261,7 @@ class QdrantServerStore:
                             f"collection {spec.name!r} exists with vectors {stored}, not "
                             f"{spec.vectors}; index into a new collection and switch the alias"
                         )
+                    self._ensure_sparse(spec, set(info.config.params.sparse_vectors or {}))
                     self._ensure_indexes(spec.name, info.payload_schema)
                     return
                 if spec.name in self._aliases():
@@ -267,6 +275,27 @@ class QdrantServerStore:
                     continue
                 self._ensure_indexes(spec.name, {})
                 return
+
+    @staticmethod
+    def _ensure_sparse(spec: CollectionSpec, present: set[str]) -> None:
+        """A server collection cannot gain a named vector: building a new one is the way."""
+        missing = [name for name in spec.sparse_vectors if name not in present]
+        if missing:
+            raise ConfigError(
+                f"collection {spec.name!r} has no sparse vectors {missing}: run `prodsearch "
+                f"reindex` to build a collection that has them and switch over")
+
+    def _vector_names(self, collection: str, wanted: set[str]) -> tuple[dict[str, int],
+                                                                       list[str]]:
+        """(dense dims, sparse names) of a collection, cached: asked again only when a name
+        is not known yet (a sparse vector added since, or a wrong name)."""
+        known = self._schemas.get(collection)
+        if known is None or wanted - set(known[0]) - set(known[1]):
+            with self._call(collection):
+                params = self._client.get_collection(collection).config.params
+            known = (_vector_dims(params.vectors), sorted(params.sparse_vectors or {}))
+            self._schemas[collection] = known
+        return known
 
     def _create(self, spec: CollectionSpec) -> None:
         quantization = (
@@ -284,6 +313,10 @@ class QdrantServerStore:
                 name: models.VectorParams(size=dim, distance=models.Distance.COSINE)
                 for name, dim in spec.vectors.items()
             },
+            sparse_vectors_config={
+                name: models.SparseVectorParams(modifier=models.Modifier.IDF)
+                for name in spec.sparse_vectors
+            } or None,
             shard_number=self._shards or spec.shards,
             replication_factor=self._replicas or spec.replicas,
             write_consistency_factor=self._write_consistency,
@@ -292,14 +325,14 @@ class QdrantServerStore:
         )
 
     def upsert(self, collection: str, points: list[VectorPoint]) -> None:
-        structs = [
-            models.PointStruct(
-                id=p.id,
-                vector={name: vector_values(vec, name) for name, vec in p.vectors.items()},
-                payload=p.payload.to_dict(),
-            )
-            for p in points
-        ]
+        structs = []
+        for p in points:
+            vector: dict[str, Any] = {
+                name: vector_values(vec, name) for name, vec in p.vectors.items()}
+            for name, sparse in p.sparse.items():
+                indices, values = sparse_values(sparse, name)
+                vector[name] = models.SparseVector(indices=indices, values=values)
+            structs.append(models.PointStruct(id=p.id, vector=vector, payload=p.payload.to_dict()))
         for start in range(0, len(structs), _WRITE_BATCH):
             with self._call(collection):
                 self._client.upsert(
@@ -405,6 +438,46 @@ class QdrantServerStore:
                 with_vectors=False,
             )
         return self._scored(response.points, False)
+
+    def search_fused(
+        self,
+        collection: str,
+        prefetches: list[Prefetch],
+        filters: Filters,
+        limit: int,
+        with_vectors: list[str] | None = None,
+    ) -> list[ScoredPoint]:
+        self._check_page(limit, 0)
+        flt = server_filter(filters)
+        wanted = {pf.name for pf in prefetches} | set(with_vectors or [])
+        dense, sparse = self._vector_names(collection, wanted)
+        check_prefetches(prefetches, dense, sparse)
+        unknown = set(with_vectors or []) - set(dense)
+        if unknown:
+            raise InvalidInput(f"unknown vectors {sorted(unknown)}; the collection has "
+                               f"{sorted(dense)}")
+        params = self._search_params()
+        stages = []
+        for pf in prefetches:
+            query: Any
+            if isinstance(pf.vector, SparseVector):
+                indices, values = sparse_values(pf.vector, pf.name)
+                query = models.SparseVector(indices=indices, values=values)
+            else:
+                query = vector_values(pf.vector, pf.name)
+            stages.append(models.Prefetch(query=query, using=pf.name, filter=flt,
+                                          limit=pf.depth, params=params))
+        with self._call(collection):
+            response = self._client.query_points(
+                collection_name=collection,
+                prefetch=stages,
+                query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
+                query_filter=flt,
+                limit=limit,
+                with_payload=True,
+                with_vectors=list(with_vectors) if with_vectors else False,
+            )
+        return self._scored(response.points, bool(with_vectors))
 
     def get_vectors(
         self, collection: str, product_id: str, vector_name: str
@@ -527,6 +600,7 @@ class QdrantServerStore:
         with self._call(collection):
             # The server removes the collection's aliases with it.
             self._client.delete_collection(collection_name=collection)
+            self._schemas.clear()
 
     def close(self) -> None:
         with self._call(""):

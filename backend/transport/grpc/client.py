@@ -108,7 +108,14 @@ def hit_summary(hit: pb.SearchHit) -> dict[str, Any]:
         "currency": p.price.currency,
         "in_stock": sum(s.quantity for s in p.inventory),
         "matched_image": hit.matched_image,
+        # Photo queries: where the product was found (uploaded-image pixels) when verified.
+        "box": _box(hit.box) if hit.HasField("box") else None,
+        "score_parts": {k: round(v, 4) for k, v in sorted(hit.score_parts.items())},
     }
+
+
+def _box(box: pb.Box) -> list[int]:
+    return [round(box.x0), round(box.y0), round(box.x1), round(box.y1)]
 
 
 def search_json(response: pb.SearchResponse) -> str:
@@ -127,11 +134,15 @@ def search_json(response: pb.SearchResponse) -> str:
 def search_table(response: pb.SearchResponse) -> str:
     if not response.hits:
         return "no results"
-    lines = [f"{'#':>2}  {'score':>6}  {'sku':<14} {'category':<28} {'price':>8}  title"]
+    boxes = any(hit.HasField("box") for hit in response.hits)
+    box_head = f"{'box in photo':<22} " if boxes else ""
+    lines = [f"{'#':>2}  {'score':>6}  {'sku':<14} {box_head}{'category':<28} {'price':>8}  "
+             "title"]
     for rank, hit in enumerate(response.hits, start=1):
         s = hit_summary(hit)
+        box = f"{s['box'] or '-'!s:<22} " if boxes else ""
         lines.append(
-            f"{rank:>2}  {s['score']:>6.3f}  {s['sku']:<14.14} {s['category']:<28.28} "
+            f"{rank:>2}  {s['score']:>6.3f}  {s['sku']:<14.14} {box}{s['category']:<28.28} "
             f"{s['price']:>8.2f}  {s['title']} [{s['colour']}, {s['material']}, {s['size']}]"
         )
     return "\n".join(lines)
@@ -203,7 +214,9 @@ def restock_rows(response: pb.RestockResponse) -> list[dict[str, Any]]:
             "product_id": m.product.product_id,
             "title": m.product.title,
             "score": round(m.score, 4),
-            "box": [round(m.box.x0), round(m.box.y0), round(m.box.x1), round(m.box.y1)],
+            "box": _box(m.box),
+            "facings": m.facings or 1,
+            "facing_boxes": [_box(b) for b in m.facing_boxes],
             "stock": [{"warehouse": s.warehouse, "bin": s.bin, "quantity": s.quantity,
                        "reorder_point": s.reorder_point} for s in m.stock],
             "low_stock": m.low_stock,
@@ -220,11 +233,11 @@ def restock_json(response: pb.RestockResponse) -> str:
 def restock_table(response: pb.RestockResponse) -> str:
     if not response.matches:
         return "no catalog items recognised"
-    lines = [f"{'score':>6}  {'sku':<14} {'box':<22} {'stock':<24} title"]
+    lines = [f"{'score':>6}  {'sku':<14} {'box':<22} {'facings':>7}  {'stock':<24} title"]
     for row in restock_rows(response):
         stock = ", ".join(f"{s['bin']}:{s['quantity']}/{s['reorder_point']}"
                           for s in row["stock"]) or "none here"
         flag = "  LOW STOCK" if row["low_stock"] else ""
         lines.append(f"{row['score']:>6.3f}  {row['sku']:<14.14} {row['box']!s:<22} "
-                     f"{stock:<24.24} {row['title']}{flag}")
+                     f"{row['facings']:>7}  {stock:<24.24} {row['title']}{flag}")
     return "\n".join(lines)

@@ -145,3 +145,14 @@ def listing_from_pb(msg: pb.Product) -> Listing:
         brand=msg.brand,
         merchant=msg.merchant,
     )
+
+
+def box_to_pb(box: tuple[int, int, int, int] | None) -> pb.Box | None:
+    """None (field unset) when the box is unknown."""
+    if box is None:
+        return None
+    return known_box_to_pb(box)
+
+
+def known_box_to_pb(box: tuple[int, int, int, int]) -> pb.Box:
+    return pb.Box(x0=box[0], y0=box[1], x1=box[2], y1=box[3])

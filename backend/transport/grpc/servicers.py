@@ -82,6 +82,8 @@ class ProductSearchServicer(rpc.ProductSearchServicer):
                     product=_product_pb(h.product),
                     score=h.score,
                     matched_image=h.matched_image,
+                    box=convert.box_to_pb(h.box),
+                    score_parts=h.parts,
                 )
                 for h in result.hits
             ],
@@ -143,9 +145,11 @@ class ProductSearchServicer(rpc.ProductSearchServicer):
                 pb.RestockMatch(
                     product=_product_pb(m.product),
                     score=m.score,
-                    box=pb.Box(x0=m.box[0], y0=m.box[1], x1=m.box[2], y1=m.box[3]),
+                    box=convert.known_box_to_pb(m.box),
                     stock=[convert.stock_to_pb(s) for s in m.stock],
                     low_stock=m.low_stock,
+                    facings=m.facings,
+                    facing_boxes=[convert.known_box_to_pb(b) for b in m.facing_boxes],
                 )
                 for m in matches
             ],

@@ -385,25 +385,59 @@ Global___SearchRequest: _TypeAlias = SearchRequest  # noqa: Y015
 class SearchHit(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ScorePartsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PRODUCT_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
     MATCHED_IMAGE_FIELD_NUMBER: _builtins.int
+    BOX_FIELD_NUMBER: _builtins.int
+    SCORE_PARTS_FIELD_NUMBER: _builtins.int
     score: _builtins.float
-    """cosine similarity (or fused rank score for hybrid queries)"""
+    """cosine similarity (or fused rank score for hybrid queries);"""
     matched_image: _builtins.int
-    """position of the product image that matched, -1 for text-only"""
+    """photo queries: calibrated probability that this is the product
+    position of the product image that matched, -1 for text-only
+    """
     @_builtins.property
     def product(self) -> Global___Product: ...
+    @_builtins.property
+    def box(self) -> Global___Box:
+        """photo queries: where the product is in the photo, when verified"""
+
+    @_builtins.property
+    def score_parts(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """photo queries: the signals the score was made from"""
+
     def __init__(
         self,
         *,
         product: Global___Product | None = ...,
         score: _builtins.float = ...,
         matched_image: _builtins.int = ...,
+        box: Global___Box | None = ...,
+        score_parts: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["product", b"product"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["box", b"box", "product", b"product"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["matched_image", b"matched_image", "product", b"product", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["box", b"box", "matched_image", b"matched_image", "product", b"product", "score", b"score", "score_parts", b"score_parts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -641,9 +675,13 @@ class RestockMatch(_message.Message):
     BOX_FIELD_NUMBER: _builtins.int
     STOCK_FIELD_NUMBER: _builtins.int
     LOW_STOCK_FIELD_NUMBER: _builtins.int
+    FACINGS_FIELD_NUMBER: _builtins.int
+    FACING_BOXES_FIELD_NUMBER: _builtins.int
     score: _builtins.float
     low_stock: _builtins.bool
     """some bin at or below its reorder point"""
+    facings: _builtins.int
+    """copies of the product verified in the photo (>= 1)"""
     @_builtins.property
     def product(self) -> Global___Product: ...
     @_builtins.property
@@ -651,6 +689,10 @@ class RestockMatch(_message.Message):
     @_builtins.property
     def stock(self) -> _containers.RepeatedCompositeFieldContainer[Global___StockLevel]:
         """this warehouse only"""
+
+    @_builtins.property
+    def facing_boxes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Box]:
+        """one box per copy; `box` is the best one"""
 
     def __init__(
         self,
@@ -660,10 +702,12 @@ class RestockMatch(_message.Message):
         box: Global___Box | None = ...,
         stock: _abc.Iterable[Global___StockLevel] | None = ...,
         low_stock: _builtins.bool = ...,
+        facings: _builtins.int = ...,
+        facing_boxes: _abc.Iterable[Global___Box] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["box", b"box", "product", b"product"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["box", b"box", "low_stock", b"low_stock", "product", b"product", "score", b"score", "stock", b"stock"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["box", b"box", "facing_boxes", b"facing_boxes", "facings", b"facings", "low_stock", b"low_stock", "product", b"product", "score", b"score", "stock", b"stock"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
