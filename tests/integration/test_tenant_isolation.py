@@ -111,8 +111,11 @@ def tenants(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     if request.param == "postgres":
         overrides["database_url"] = url = request.getfixturevalue("postgres_url")
         migrate.upgrade(url)  # no-op at head; the session database is shared
+    # Recognition here is the colour encoder's (plain colour images have no local
+    # features); these tests are about who sees what, which both photo paths share.
     settings = load_settings(data_dir=data_dir, grpc_port=0, indexer_poll_ms=50,
-                             auth={"enabled": True, "cache_ttl_s": 0}, **overrides)
+                             auth={"enabled": True, "cache_ttl_s": 0},
+                             search={"local_features": False}, **overrides)
     app = build_app(settings, encoder=ColourEncoder())  # type: ignore[arg-type]
     weights = np.zeros((len(FEATURES) + 1, 3))
     app.match.set_calibration(MatchCalibration(VERSION, weights, np.zeros(len(FEATURES)),
