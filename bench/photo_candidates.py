@@ -28,7 +28,7 @@ def main() -> None:
     from tqdm import tqdm
 
     from encoders.evaluation import photo_sets
-    from encoders.evaluation.tasks import _eval_queries, _openclipart_gallery
+    from encoders.evaluation.shelf_photos import _eval_queries, _openclipart_gallery
     from encoders.evaluation.variants import Context
     from encoders.local_features import (
         LocalFeatureExtractor,

@@ -86,7 +86,7 @@ def _catalog_image(item: ClipartItem) -> Image.Image:
 def _photo(kind: str, gallery: Sequence[ClipartItem], index: int, seed: int
            ) -> tuple[Image.Image, frozenset[int]]:
     """The photo of one query and the gallery rows really in it."""
-    from encoders.evaluation.tasks import render_query
+    from encoders.evaluation.shelf_photos import render_query
 
     item = gallery[index]
     if kind == "catalog_clutter":
@@ -217,7 +217,7 @@ def _local_scores(matcher: PhotoMatcher, query: LocalFeatures, dense: np.ndarray
 
 def _summary(scores: np.ndarray, targets: Sequence[int], present: Sequence[frozenset[int]],
              seconds: Sequence[float]) -> tuple[dict[str, Any], dict[str, float]]:
-    from encoders.evaluation.tasks import _curve
+    from encoders.evaluation.shelf_photos import _curve
 
     relevant = np.zeros(scores.shape, dtype=bool)
     relevant[np.arange(len(targets)), list(targets)] = True

@@ -5,13 +5,10 @@ plot. All use real images only (see `datasets`)."""
 from __future__ import annotations
 
 import functools
-import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from encoders.evaluation import bilingual, metrics
@@ -21,13 +18,17 @@ from encoders.evaluation.datasets import (
     dominant_colour,
     fmnist_image,
     load_fashion_mnist,
-    load_item_image,
-    openclipart_items,
-    photo_rng,
-    split_of,
     subsample,
 )
-from encoders.evaluation.photos import SHELF, PhotoStyle, render_scene
+from encoders.evaluation.shelf_photos import (
+    CURVE_KS,
+    _catalog_image,
+    _curve,
+    _eval_queries,
+    _item_rgba,
+    _openclipart_gallery,
+    render_query,
+)
 from encoders.evaluation.variants import (
     IMAGE_VARIANTS,
     Context,
@@ -41,14 +42,12 @@ from encoders.evaluation.variants import (
     text_variants,
 )
 from encoders.localise import query_views
-from encoders.preprocess import to_rgb
 
 __all__ = ["CURVE_KS", "PHOTO_VARIANT", "fmnist_category", "shelf", "text"]
 
 # The shelf task's photo sets (encoders.evaluation.photo_sets): a variant name of its own.
 PHOTO_VARIANT = "photo"
 
-CURVE_KS = (1, 2, 3, 5, 10, 20, 50, 100)
 SPLIT_RULE = "eval iff int(sha1(path relative to the image root)) % 5 == 0 (fixed, seedless)"
 
 
@@ -59,11 +58,6 @@ def _variants(names: Sequence[str] | None) -> list[ImageVariant]:
 
 def _ranked(scores: np.ndarray, relevant: np.ndarray, k: int | None = None) -> np.ndarray:
     return metrics.ranked_relevance(scores, relevant, k)
-
-
-def _curve(ranked: np.ndarray) -> dict[str, float]:
-    ks = [k for k in CURVE_KS if k <= ranked.shape[1]]
-    return {str(k): round(v, 4) for k, v in metrics.recall_curve(ranked, ks).items()}
 
 
 # ------------------------------------------------------------------------ fmnist-category
@@ -121,54 +115,6 @@ def fmnist_category(ctx: Context, *, queries: int = 500, gallery: int = 5000, se
 
 
 # --------------------------------------------------------------------------------- shelf
-
-
-@functools.lru_cache(maxsize=1024)
-def _item_rgba(path: str) -> Image.Image:
-    return load_item_image(path)
-
-
-def _catalog_image(item: ClipartItem) -> Image.Image:
-    """The catalog image as the indexer sees it: alpha on white."""
-    return to_rgb(_item_rgba(str(item.path)))
-
-
-def _openclipart_gallery(limit: int | None, seed: int) -> list[ClipartItem]:
-    """All usable items, or a seeded sample of `limit` of them (in path order)."""
-    items = list(openclipart_items())
-    if limit is not None and limit < len(items):
-        keep = set(random.Random(f"gallery:{seed}").sample(range(len(items)), limit))
-        items = [it for n, it in enumerate(items) if n in keep]
-    return items
-
-
-def _eval_queries(gallery: Sequence[ClipartItem], n: int | None, seed: int) -> list[int]:
-    """Gallery indices of up to `n` evaluation-split items (seeded choice, path order)."""
-    eval_idx = [i for i, it in enumerate(gallery) if split_of(it.item_id) == "eval"]
-    if n is not None and n < len(eval_idx):
-        eval_idx = sorted(random.Random(f"queries:{seed}").sample(eval_idx, n))
-    return eval_idx
-
-
-@dataclass(frozen=True)
-class ShelfQuery:
-    photo: Image.Image
-    box: tuple[int, int, int, int]  # the item's true box in the photo
-    in_photo: frozenset[int]  # gallery indices of the item and the distractors pasted
-
-
-def render_query(gallery: Sequence[ClipartItem], index: int, seed: int,
-                 style: PhotoStyle = SHELF, pool: int = 8) -> ShelfQuery:
-    """The evaluation photo of gallery item `index`, among distractors drawn from the other
-    gallery items; deterministic for (item, seed)."""
-    item = gallery[index]
-    rng = photo_rng(item.item_id, seed)
-    others = [j for j in rng.sample(range(len(gallery)), min(len(gallery), pool + 1))
-              if j != index][:pool]
-    distractors = [_item_rgba(str(gallery[j].path)) for j in others]
-    scene = render_scene(_item_rgba(str(item.path)), rng, style, distractors=distractors)
-    return ShelfQuery(scene.photo, scene.box,
-                      frozenset([index, *(others[k] for k in scene.pasted)]))
 
 
 def _shelf_metrics(scores: np.ndarray, targets: np.ndarray,

@@ -105,7 +105,7 @@ def fit_photo_scorer(limit: int = 300, seed: int = 0, out: str | Path = SCORER_F
     from encoders.evaluation.datasets import split_of
     from encoders.evaluation.photo_sets import _dense_views, catalog_local_features
     from encoders.evaluation.photos import SHELF, render_scene, render_shelf
-    from encoders.evaluation.tasks import _catalog_image, _item_rgba, _openclipart_gallery
+    from encoders.evaluation.shelf_photos import _catalog_image, _item_rgba, _openclipart_gallery
     from encoders.evaluation.variants import IMAGE_VARIANTS, Context, gallery_features
     from encoders.local_features import (
         SCORER_SIGNALS,
