@@ -13,7 +13,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from backend.config import Settings
+from backend.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -160,6 +160,17 @@ def test_two_search_replicas_one_indexer(compose: dict[str, Any]) -> None:
         env = env_of(s)
         assert env["PRODSEARCH_GRPC_HOST"] == "0.0.0.0"
         assert int(env["PRODSEARCH_METRICS_PORT"]) > 0
+
+
+def test_replicas_share_uploads_and_feature_files(compose: dict[str, Any]) -> None:
+    # serve-1 indexes (writes uploads and local-feature files); serve-2 must read the same
+    # files where the settings look for them: PRODSEARCH_DATA_DIR (/data) / images, features.
+    svc = services(compose)
+    settings = load_settings(data_dir=Path("/data"))
+    wanted = {f"uploads:{settings.data_dir / 'images'}", f"features:{settings.features_dir}"}
+    for name in ("serve-1", "serve-2"):
+        assert wanted <= set(svc[name]["volumes"]), name
+    assert {"uploads", "features"} <= set(compose["volumes"])
 
 
 def test_every_prodsearch_variable_is_a_settings_field(compose: dict[str, Any]) -> None:
