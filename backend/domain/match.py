@@ -25,6 +25,7 @@ from backend.domain.match_model import (
     pair_features,
 )
 from backend.domain.payload import normalise_filters
+from backend.domain.photo_search import decode_query_photo
 from backend.domain.ports import VectorEncoder
 from backend.domain.types import Filters, Product
 from backend.errors import InvalidInput, NotReady
@@ -32,7 +33,6 @@ from backend.security import current as current_principal
 from backend.stores.catalog.repository import CatalogRepository
 from backend.stores.vectors.base import VectorStore
 from encoders.localise import query_views
-from encoders.preprocess import decode_image
 from encoders.priority import run_heavy
 
 log = logging.getLogger(__name__)
@@ -136,10 +136,7 @@ class MatchService:
             raise InvalidInput(f"top_k must be between 1 and {self._settings.max_top_k}")
         calibration = self.calibration()
         images = [
-            await run_heavy(decode_image, data, max_bytes=self._settings.max_image_bytes,
-                                    max_pixels=self._settings.max_image_pixels,
-                                    max_decode_pixels=self._settings.max_decode_pixels,
-                                    draft_px=self._settings.query_image_draft_px)
+            await decode_query_photo(data, self._settings)
             for data in listing.images
         ]
         vectors = await encode_listing(self._encoder, images, listing.text())

@@ -19,14 +19,37 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL.Image import Image
 
+from backend.config import SearchSettings
 from backend.domain.photo_index import WORDS, PhotoIndex
 from backend.domain.types import Filters
 from backend.stores.vectors.base import Prefetch, ScoredPoint, SparseVector, VectorStore
+from encoders.preprocess import decode_image
+from encoders.priority import run_heavy
 
 if TYPE_CHECKING:
     from encoders.local_features import LocalFeatures, Verification
 
 Box = tuple[int, int, int, int]
+
+
+def overlap_of_smaller(a: Box, b: Box) -> float:
+    """Intersection over the smaller box: a window around an item and the item's own box,
+    or two verified boxes of one shelf item."""
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return ix * iy / smaller if smaller > 0 else 0.0
+
+
+async def decode_query_photo(data: bytes, settings: SearchSettings, *, draft: bool = True
+                             ) -> Image:
+    """A query photo decoded under the search limits, off the event loop. `draft` lets a
+    large JPEG decode at a reduced scale (`query_image_draft_px`)."""
+    return await run_heavy(
+        decode_image, data, max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        draft_px=settings.query_image_draft_px if draft else 0,
+        max_decode_pixels=settings.max_decode_pixels)
 
 # Each candidate list reaches this deep before fusion.
 PREFETCH_DEPTH = 100
@@ -83,11 +106,14 @@ def upload_scale(data: bytes, decoded: Image) -> tuple[float, float]:
     return width / decoded.width, height / decoded.height
 
 
-def describe_query(photo: PhotoIndex, data: bytes, image: Image) -> PhotoQuery:
+def describe_query(photo: PhotoIndex, image: Image, scale: tuple[float, float] = (1.0, 1.0)
+                   ) -> PhotoQuery:
+    """Local features and visual words of a decoded photo; `scale` maps its boxes back to the
+    upload (`upload_scale`; the default for a crop whose boxes are shifted, not reported)."""
     from encoders.local_features import root_sift
 
     features = photo.extractor.extract(image, query=True)
-    return PhotoQuery(image, features, photo.words(features), upload_scale(data, image),
+    return PhotoQuery(image, features, photo.words(features), scale,
                       root_sift(features.descriptors))
 
 

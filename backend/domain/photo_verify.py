@@ -25,15 +25,17 @@ from backend.domain.photo_search import (
     Box,
     PhotoCandidate,
     PhotoQuery,
+    decode_query_photo,
     describe_query,
+    overlap_of_smaller,
     search_photo,
     signals,
+    upload_scale,
 )
 from backend.domain.ports import VectorEncoder
 from backend.domain.types import Filters
 from backend.stores.vectors.base import VectorStore
 from encoders.localise import isolate_box, item_boxes
-from encoders.preprocess import decode_image
 from encoders.priority import run_heavy
 
 if TYPE_CHECKING:
@@ -55,14 +57,6 @@ class ShelfItem:
     probability: float
     box: Box  # the best facing, in uploaded-image pixels
     boxes: list[Box]  # every facing
-
-
-def shared(a: Box, b: Box) -> float:
-    """Intersection over the smaller box."""
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
-    return ix * iy / smaller if smaller > 0 else 0.0
 
 
 def outside(features: LocalFeatures, boxes: list[Box]) -> LocalFeatures:
@@ -90,7 +84,7 @@ def more_facings(photo: PhotoIndex, collection: str, query: LocalFeatures,
         ver = verify(rest, stored)
         if ver.box is None or not photo.scorer.verified(signals(candidate, ver)):
             break
-        if any(shared(ver.box, b) > MAX_SHARED for b in boxes):
+        if any(overlap_of_smaller(ver.box, b) > MAX_SHARED for b in boxes):
             break
         boxes.append(ver.box)
     return boxes
@@ -106,7 +100,7 @@ def select_verified(photo: PhotoIndex, collection: str, query: PhotoQuery,
     for c in candidates:
         if not c.verified(threshold) or c.box is None or c.product_id in seen:
             continue
-        if any(shared(c.box, box) > MAX_SHARED for _, box in chosen):
+        if any(overlap_of_smaller(c.box, box) > MAX_SHARED for _, box in chosen):
             continue
         seen.add(c.product_id)
         chosen.append((c, c.box))
@@ -133,11 +127,8 @@ def _shifted(candidates: list[PhotoCandidate], origin: tuple[int, int]) -> None:
 async def verified_on_shelf(photo: PhotoIndex, vectors: VectorStore, encoder: VectorEncoder,
                             alias: str, settings: SearchSettings, data: bytes, filters: Filters,
                             top_k: int) -> list[ShelfItem]:
-    image = await run_heavy(
-        decode_image, data, max_bytes=settings.max_image_bytes,
-        max_pixels=settings.max_image_pixels, draft_px=settings.query_image_draft_px,
-        max_decode_pixels=settings.max_decode_pixels)
-    described = run_heavy(describe_query, photo, data, image)
+    image = await decode_query_photo(data, settings)
+    described = run_heavy(describe_query, photo, image, upload_scale(data, image))
     boxes = await run_heavy(item_boxes, image, _MAX_REGIONS)
     views = [image, *(isolate_box(image, box) for box in boxes)]
     query, *encoded = await asyncio.gather(
@@ -150,7 +141,7 @@ async def verified_on_shelf(photo: PhotoIndex, vectors: VectorStore, encoder: Ve
                                     verify_top, [v["image"] for v in encoded], name)
     for box, region_vectors in zip(boxes, encoded[1:], strict=True):
         crop = image.crop(box)
-        region = await run_heavy(describe_query, photo, data, crop)
+        region = await run_heavy(describe_query, photo, crop)
         found = await search_photo(photo, vectors, collection, region,
                                    [region_vectors[name]], None, filters, REGION_VERIFY,
                                    REGION_VERIFY, [region_vectors["image"]], name)

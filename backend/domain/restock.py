@@ -22,6 +22,7 @@ from PIL.Image import Image
 
 from backend.config import SearchSettings
 from backend.domain.photo_index import PhotoIndex
+from backend.domain.photo_search import Box, decode_query_photo, overlap_of_smaller
 from backend.domain.photo_verify import verified_on_shelf
 from backend.domain.ports import VectorEncoder
 from backend.domain.tenants import tenant_name
@@ -33,10 +34,7 @@ from backend.stores.catalog.repository import CatalogRepository
 from backend.stores.vectors.base import VectorStore
 from encoders.image import crop_boxes
 from encoders.localise import isolate_box, item_boxes
-from encoders.preprocess import decode_image
 from encoders.priority import run_heavy
-
-Box = tuple[int, int, int, int]
 
 # Cosine below which a proposal is background, not a catalog item (pretrained backbone).
 MIN_SCORE = 0.5
@@ -55,14 +53,6 @@ class RestockMatch:
     low_stock: bool
     facings: int = 1
     facing_boxes: list[Box] = field(default_factory=list)
-
-
-def overlap_of_smaller(a: Box, b: Box) -> float:
-    """Intersection over the smaller box: a window around an item and the item's own box."""
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
-    return ix * iy / smaller if smaller > 0 else 0.0
 
 
 def proposals(image: Image) -> list[tuple[Box, Image]]:
@@ -133,10 +123,8 @@ class RestockService:
             chosen = [(f.probability, f.product_id, f.box) for f in found]
             boxes = {f.product_id: f.boxes for f in found}
             return await self._matches(chosen, boxes, warehouse, bin_)
-        image = await run_heavy(
-            decode_image, photo, max_bytes=self._settings.max_image_bytes,
-            max_pixels=self._settings.max_image_pixels,
-            max_decode_pixels=self._settings.max_decode_pixels)
+        # Full size: small items on a shelf need the pixels the draft would drop.
+        image = await decode_query_photo(photo, self._settings, draft=False)
         regions = await run_heavy(proposals, image)
         encoded = await asyncio.gather(*(self._encoder.encode(crop, None) for _, crop in regions))
         collection = await asyncio.to_thread(self._vectors.resolve, self._collection)

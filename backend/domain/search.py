@@ -16,7 +16,13 @@ from backend.config import SearchSettings
 from backend.domain.mmr import mmr
 from backend.domain.payload import normalise_filters
 from backend.domain.photo_index import PhotoIndex
-from backend.domain.photo_search import best_per_product, describe_query, search_photo
+from backend.domain.photo_search import (
+    best_per_product,
+    decode_query_photo,
+    describe_query,
+    search_photo,
+    upload_scale,
+)
 from backend.domain.ports import VectorEncoder
 from backend.domain.types import Filters, SearchHit, SearchResult
 from backend.errors import InvalidInput, NotFound, NotReady, shown
@@ -25,7 +31,6 @@ from backend.security import current as current_principal
 from backend.stores.catalog.repository import CatalogRepository
 from backend.stores.vectors.base import ScoredPoint, VectorStore
 from encoders.localise import query_views
-from encoders.preprocess import decode_image
 from encoders.priority import run_heavy
 
 # Points are per product image; fetch more than asked so that several images of one product
@@ -210,14 +215,7 @@ class SearchService:
 
         views: list[Image] = []
         if query.image:
-            image = await run_heavy(
-                decode_image,
-                query.image,
-                max_bytes=self._settings.max_image_bytes,
-                max_pixels=self._settings.max_image_pixels,
-                draft_px=self._settings.query_image_draft_px,
-                max_decode_pixels=self._settings.max_decode_pixels,
-            )
+            image = await decode_query_photo(query.image, self._settings)
             views = await run_heavy(query_views, image)
         text = query.text.strip() or None
         # Every view goes through the batcher at once, so they share one forward pass.
@@ -256,14 +254,11 @@ class SearchService:
         assert self._photo is not None
         photo = self._photo
         settings = self._settings
-        image = await run_heavy(
-            decode_image, query.image, max_bytes=settings.max_image_bytes,
-            max_pixels=settings.max_image_pixels, draft_px=settings.query_image_draft_px,
-            max_decode_pixels=settings.max_decode_pixels)
+        image = await decode_query_photo(query.image, settings)
         views = await run_heavy(query_views, image)
         text = query.text.strip() or None
         # Features on a feature thread while the encoder batches the views (and the text).
-        described = run_heavy(describe_query, photo, query.image, image)
+        described = run_heavy(describe_query, photo, image, upload_scale(query.image, image))
         encodings = [self._encoder.encode(view, None) for view in views]
         if text is not None:
             encodings.append(self._encoder.encode(None, text))
