@@ -12,6 +12,10 @@ import pytest
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+from backend.stores.catalog import migrate
+from backend.stores.catalog.db import make_engine
+from backend.stores.catalog.repository import CatalogRepository
+
 # Server that hosts the throwaway test databases (trust auth in development and CI).
 POSTGRES_ADMIN_URL = os.environ.get(
     "PRODSEARCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -26,6 +30,17 @@ def _libpq(url: str) -> str:
 def sqlite_url(tmp_path: Path) -> str:
     """A SQLite file URL in this test's temporary folder (the file does not exist yet)."""
     return f"sqlite:///{tmp_path / 'catalog.sqlite3'}"
+
+
+@pytest.fixture
+def sqlite_catalog(sqlite_url: str) -> Iterator[CatalogRepository]:
+    """A migrated, empty SQLite catalog in this test's temporary folder."""
+    migrate.upgrade(sqlite_url)
+    engine = make_engine(sqlite_url)
+    try:
+        yield CatalogRepository(engine)
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import io
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -169,19 +169,8 @@ def _line(sku: str, *images: str) -> str:
     return json.dumps({"sku": sku, "merchant": "m", "title": f"t {sku}", "images": list(images)})
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Iterator[CatalogRepository]:
-    url = f"sqlite:///{tmp_path / 'ingest.sqlite3'}"
-    migrate.upgrade(url)
-    engine = make_engine(url)
-    try:
-        yield CatalogRepository(engine)
-    finally:
-        engine.dispose()
-
-
 def test_ingest_reads_images_only_from_the_catalog_folder(
-        tmp_path: Path, repo: CatalogRepository) -> None:
+        tmp_path: Path, sqlite_catalog: CatalogRepository) -> None:
     folder = tmp_path / "drop"
     inside = write_png(folder / "img" / "ok.png")
     outside = write_png(tmp_path / "elsewhere" / "x.png")
@@ -199,13 +188,13 @@ def test_ingest_reads_images_only_from_the_catalog_folder(
     ]
     catalog = folder / "catalog.jsonl"
     catalog.write_text("\n".join(lines) + "\n")
-    report: Any = finishes(lambda: ingest_file(catalog, repo), within_s=30)
+    report: Any = finishes(lambda: ingest_file(catalog, sqlite_catalog), within_s=30)
     assert [b.line for b in report.bad] == [2, 3, 4, 5, 7, 8]
     assert len({b.reason for b in report.bad}) == 1  # missing and forbidden read the same
     assert report.changed == 2
     for sku in ("I-1", "I-6"):
-        found = repo.find_by_sku("m", sku)
+        found = sqlite_catalog.find_by_sku("m", sku)
         assert found is not None and found.images[0].uri == str(inside)
     # An operator can allow another folder explicitly.
-    again = ingest_file(catalog, repo, roots=[tmp_path / "elsewhere"])
+    again = ingest_file(catalog, sqlite_catalog, roots=[tmp_path / "elsewhere"])
     assert [b.line for b in again.bad] == [5, 7, 8]

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,6 @@ from backend.domain.catalog import CatalogService, ImageBlobStore
 from backend.domain.types import ProductInput
 from backend.errors import InvalidInput
 from backend.security.paths import ImagePathPolicy
-from backend.stores.catalog import migrate
-from backend.stores.catalog.db import make_engine
 from backend.stores.catalog.repository import CatalogRepository
 from backend.transport.grpc.generated.product_search.v1 import product_search_pb2 as pb
 from backend.transport.grpc.servicers import CatalogServicer
@@ -43,24 +41,13 @@ def png(size: tuple[int, int] = (32, 32), seed: int = 0, noise: bool = False) ->
 
 
 @pytest.fixture
-def catalog(tmp_path: Path) -> Iterator[CatalogRepository]:
-    url = f"sqlite:///{tmp_path / 'catalog.sqlite3'}"
-    migrate.upgrade(url)
-    engine = make_engine(url)
-    try:
-        yield CatalogRepository(engine)
-    finally:
-        engine.dispose()
-
-
-@pytest.fixture
 def blob_dir(tmp_path: Path) -> Path:
     return tmp_path / "images"
 
 
 @pytest.fixture
-def service(catalog: CatalogRepository, blob_dir: Path) -> CatalogService:
-    return CatalogService(catalog, None, "products", ImageBlobStore(blob_dir),  # type: ignore[arg-type]
+def service(sqlite_catalog: CatalogRepository, blob_dir: Path) -> CatalogService:
+    return CatalogService(sqlite_catalog, None, "products", ImageBlobStore(blob_dir),  # type: ignore[arg-type]
                           max_image_bytes=8 << 20, max_image_pixels=40_000_000,
                           image_paths=ImagePathPolicy([], 1 << 20))
 
@@ -78,7 +65,7 @@ def product(sku: str, *images: bytes, **kwargs: Any) -> ProductInput:
 
 
 def test_twelve_concurrent_uploads_of_one_image(service: CatalogService, blob_dir: Path,
-                                                catalog: CatalogRepository) -> None:
+                                                sqlite_catalog: CatalogRepository) -> None:
     data = png((400, 400), seed=7, noise=True)  # big enough that writes overlap
     start = threading.Barrier(12)
     errors: list[BaseException] = []
@@ -101,7 +88,7 @@ def test_twelve_concurrent_uploads_of_one_image(service: CatalogService, blob_di
     stored = files_under(blob_dir)
     assert [p.suffix for p in stored] == [".img"]  # one content-addressed file, no temp left
     assert stored[0].read_bytes() == data
-    uris = {catalog.get_product(pid).images[0].uri for pid in ids}
+    uris = {sqlite_catalog.get_product(pid).images[0].uri for pid in ids}
     assert uris == {str(stored[0])}
 
 
@@ -153,16 +140,17 @@ REJECTED: dict[str, Callable[[], list[ProductInput]]] = {
 
 
 @pytest.mark.parametrize("case", sorted(REJECTED))
-def test_a_rejected_upsert_leaves_no_image_file(service: CatalogService, blob_dir: Path,
-                                                catalog: CatalogRepository, case: str) -> None:
+def test_a_rejected_upsert_leaves_no_image_file(
+        service: CatalogService, blob_dir: Path, sqlite_catalog: CatalogRepository,
+        case: str) -> None:
     with pytest.raises(InvalidInput):
         service.upsert(REJECTED[case]())
     assert files_under(blob_dir) == []
-    assert catalog.catalog_version() == 0
+    assert sqlite_catalog.catalog_version() == 0
 
 
 def test_a_failed_sql_write_removes_only_the_files_it_added(
-        service: CatalogService, blob_dir: Path, catalog: CatalogRepository,
+        service: CatalogService, blob_dir: Path, sqlite_catalog: CatalogRepository,
         monkeypatch: pytest.MonkeyPatch) -> None:
     kept = png(seed=1)
     service.upsert([product("K-1", kept)])
@@ -171,7 +159,7 @@ def test_a_failed_sql_write_removes_only_the_files_it_added(
     def broken(items: list[ProductInput]) -> None:
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(catalog, "upsert_products", broken)
+    monkeypatch.setattr(sqlite_catalog, "upsert_products", broken)
     with pytest.raises(RuntimeError):
         service.upsert([product("K-2", kept, png(seed=2))])
     assert files_under(blob_dir) == before  # the stored product's image stays
