@@ -31,6 +31,7 @@ from backend.security.paths import ImagePathPolicy
 from backend.stores.catalog import migrate
 from backend.stores.catalog.db import make_engine
 from backend.stores.catalog.repository import CatalogRepository
+from backend.stores.features import FeatureStore
 from backend.stores.vectors.base import VectorStore
 
 if TYPE_CHECKING:
@@ -129,8 +130,8 @@ def make_photo_index(settings: Settings) -> PhotoIndex | None:
     search = settings.search
     if not search.local_features:
         return None
-    return PhotoIndex.open(settings.features_dir, search.vocabulary_file, search.scorer_file,
-                           search.feature_workers)
+    return PhotoIndex.open(FeatureStore(settings.features_dir), search.vocabulary_file,
+                           search.scorer_file, search.feature_workers)
 
 
 def prepare_database(settings: Settings) -> None:
@@ -241,7 +242,7 @@ class AppParts:
     @cached_property
     def reindexer(self) -> Reindexer:
         s = self.settings
-        return Reindexer(self.catalog, self.engine, self.vectors, self.encoder, s.collection,
+        return Reindexer(self.catalog, self.vectors, self.encoder, s.collection,
                          shards=s.qdrant_shards, replicas=s.qdrant_replicas,
                          batch=s.indexer_batch, max_image_pixels=s.search.max_image_pixels,
                          photo=self.photo)
@@ -309,7 +310,7 @@ def build_app(settings: Settings, encoder: VectorEncoder | None = None,
         if not (settings.embedded if auto_reindex is None else auto_reindex):
             app.close()
             raise
-        reindex_on_start(catalog, engine, vectors, encoder, settings.collection,
+        reindex_on_start(catalog, vectors, encoder, settings.collection,
                          shards=settings.qdrant_shards, replicas=settings.qdrant_replicas,
                          batch=settings.indexer_batch,
                          max_image_pixels=settings.search.max_image_pixels, photo=photo)

@@ -12,18 +12,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend.domain.ports import InventoryChange, ProductCatalog, UpsertOutcome
+from backend.domain.product_rules import validate_products
 from backend.domain.types import ProductInput
+from backend.domain.vectors import VectorStore
 from backend.errors import InvalidInput, PermissionDenied, shown
 from backend.security import Role
 from backend.security import current as current_principal
 from backend.security.paths import ImagePathPolicy, ImagePathRefused
-from backend.stores.catalog.repository import (
-    CatalogRepository,
-    InventoryChange,
-    UpsertOutcome,
-    validate_products,
-)
-from backend.stores.vectors.base import VectorStore
 from encoders.preprocess import DEFAULT_MAX_FILE_BYTES, decode_image
 
 
@@ -136,7 +132,7 @@ class UpsertBatch:
 class CatalogService:
     def __init__(
         self,
-        catalog: CatalogRepository,
+        catalog: ProductCatalog,
         vectors: VectorStore,
         collection: str,
         blobs: ImageBlobStore,

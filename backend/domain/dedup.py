@@ -21,10 +21,10 @@ from backend.domain.match_model import (
     best_cosine,
     pair_features,
 )
+from backend.domain.ports import DedupCatalog, DedupPair, ProductReader
 from backend.domain.tenants import fold_name
 from backend.domain.types import Filters, Product
-from backend.stores.catalog.repository import CatalogRepository, DedupPair
-from backend.stores.vectors.base import VectorStore
+from backend.domain.vectors import VectorStore
 
 STRONG = 0.9
 WEAK = 0.5
@@ -74,7 +74,7 @@ def group_pairs(probability: dict[Pair, float]) -> tuple[list[set[str]], dict[Pa
 
 
 def find_duplicates(
-    catalog: CatalogRepository,
+    catalog: DedupCatalog,
     vectors: VectorStore,
     collection: str,
     calibration: MatchCalibration,
@@ -112,7 +112,7 @@ def _row(a: str, b: str, status: str, group_id: str | None, e: PairEvidence, rea
                      e.text_similarity, {"reason": reason, "diff": e.diff})
 
 
-def _score_candidates(catalog: CatalogRepository, vectors: VectorStore, collection: str,
+def _score_candidates(catalog: ProductReader, vectors: VectorStore, collection: str,
                       calibration: MatchCalibration, product: Product,
                       evidence: dict[Pair, PairEvidence]) -> None:
     images = vectors.get_vectors(collection, product.product_id, "image")

@@ -21,11 +21,10 @@ from PIL.Image import Image
 
 from backend.domain.payload import mutable_payload, product_payload
 from backend.domain.photo_index import WORDS, Described, PhotoIndex
-from backend.domain.ports import VectorEncoder
+from backend.domain.ports import IndexedCatalog, OutboxItem, VectorEncoder
 from backend.domain.reconcile import compare_product
 from backend.domain.types import Product
-from backend.stores.catalog.repository import CatalogRepository, OutboxItem
-from backend.stores.vectors.base import (
+from backend.domain.vectors import (
     CollectionSpec,
     PayloadPatch,
     PointPayload,
@@ -80,7 +79,7 @@ def plan(items: list[OutboxItem], live: set[str]) -> dict[str, str]:
 class Indexer:
     def __init__(
         self,
-        catalog: CatalogRepository,
+        catalog: IndexedCatalog,
         vectors: VectorStore,
         encoder: VectorEncoder,
         collection: str,

@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend.domain.ports import ProductCatalog, UpsertOutcome
 from backend.domain.tenants import fold_name
 from backend.domain.types import ProductInput, StockLevel
 from backend.errors import InvalidInput
 from backend.security.paths import ImagePathPolicy, ImagePathRefused
-from backend.stores.catalog.repository import CatalogRepository, UpsertOutcome
 from encoders.preprocess import DEFAULT_MAX_FILE_BYTES
 
 KNOWN_KEYS = (
@@ -113,7 +113,7 @@ class IngestReport:
 
 def ingest_file(
     path: Path,
-    catalog: CatalogRepository,
+    catalog: ProductCatalog,
     chunk: int = 200,
     progress: Callable[[int], object] | None = None,
     roots: Sequence[Path] = (),

@@ -26,12 +26,11 @@ from backend.domain.match_model import (
 )
 from backend.domain.payload import normalise_filters
 from backend.domain.photo_search import decode_query_photo
-from backend.domain.ports import VectorEncoder
+from backend.domain.ports import ProductReader, VectorEncoder
 from backend.domain.types import Filters, Product
+from backend.domain.vectors import VectorStore
 from backend.errors import InvalidInput, NotReady
 from backend.security import current as current_principal
-from backend.stores.catalog.repository import CatalogRepository
-from backend.stores.vectors.base import VectorStore
 from encoders.localise import query_views
 from encoders.priority import run_heavy
 
@@ -93,7 +92,7 @@ def catalog_attributes(product: Product) -> dict[str, str]:
 class MatchService:
     def __init__(
         self,
-        catalog: CatalogRepository,
+        catalog: ProductReader,
         vectors: VectorStore,
         encoder: VectorEncoder,
         collection: str,

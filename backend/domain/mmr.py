@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from backend.stores.vectors.base import ScoredPoint
+from backend.domain.vectors import ScoredPoint
 
 LAMBDA = 0.7
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from backend.domain.tenants import fold_name
 from backend.domain.types import Filters, Product
-from backend.stores.vectors.base import PointPayload, category_prefixes
+from backend.domain.vectors import PointPayload, category_prefixes
 
 
 def norm(value: str) -> str:

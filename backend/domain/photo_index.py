@@ -14,14 +14,13 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from PIL.Image import Image
 
-from backend.stores.features import FeatureStore, StoredFeatures
-from backend.stores.vectors.base import SparseVector
+from backend.domain.ports import FeatureFiles, StoredFeatures
+from backend.domain.vectors import SparseVector
 
 if TYPE_CHECKING:
     from encoders.local_features import (
@@ -53,7 +52,7 @@ class PhotoIndex:
     """Extraction, visual words and the feature files, shared by indexing, search, restock,
     reconcile and reindex. Thread-safe."""
 
-    def __init__(self, store: FeatureStore, extractor: LocalFeatureExtractor,
+    def __init__(self, store: FeatureFiles, extractor: LocalFeatureExtractor,
                  vocabulary: VisualVocabulary, scorer: PhotoScorer, workers: int = 2) -> None:
         self.store = store
         self.extractor = extractor
@@ -64,7 +63,7 @@ class PhotoIndex:
                                         thread_name_prefix="local-features")
 
     @classmethod
-    def open(cls, root: Path, vocabulary_path: str = "", scorer_path: str = "",
+    def open(cls, store: FeatureFiles, vocabulary_path: str = "", scorer_path: str = "",
              workers: int = 2) -> PhotoIndex:
         """The shipped vocabulary and scorer unless paths are given."""
         from threadpoolctl import threadpool_limits
@@ -76,7 +75,7 @@ class PhotoIndex:
         # per product under load). Process-wide, and harmless for the rest of the server.
         threadpool_limits(limits=1, user_api="blas")
 
-        return cls(FeatureStore(root), LocalFeatureExtractor(),
+        return cls(store, LocalFeatureExtractor(),
                    VisualVocabulary.load(vocabulary_path or None),
                    PhotoScorer.load(scorer_path or None), workers)
 

@@ -22,7 +22,7 @@ from PIL.Image import Image
 from backend.config import SearchSettings
 from backend.domain.photo_index import WORDS, PhotoIndex
 from backend.domain.types import Filters
-from backend.stores.vectors.base import Prefetch, ScoredPoint, SparseVector, VectorStore
+from backend.domain.vectors import Prefetch, ScoredPoint, SparseVector, VectorStore
 from encoders.preprocess import decode_image
 from encoders.priority import run_heavy
 

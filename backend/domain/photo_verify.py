@@ -34,7 +34,7 @@ from backend.domain.photo_search import (
 )
 from backend.domain.ports import VectorEncoder
 from backend.domain.types import Filters
-from backend.stores.vectors.base import VectorStore
+from backend.domain.vectors import VectorStore
 from encoders.localise import isolate_box, item_boxes
 from encoders.priority import run_heavy
 

@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 
 from backend.domain.payload import product_payload
 from backend.domain.photo_index import PhotoIndex
+from backend.domain.ports import IndexedCatalog, StoredFeatures
 from backend.domain.types import Product
-from backend.stores.catalog.repository import CatalogRepository
-from backend.stores.features import StoredFeatures
-from backend.stores.vectors.base import IDENTITY_FIELDS, PayloadPatch, PointPayload, VectorStore
+from backend.domain.vectors import IDENTITY_FIELDS, PayloadPatch, PointPayload, VectorStore
 
 
 @dataclass
@@ -117,7 +116,7 @@ def compare_product(product: Product | None, points: list[tuple[str, PointPayloa
 
 
 class Reconciler:
-    def __init__(self, catalog: CatalogRepository, vectors: VectorStore, collection: str,
+    def __init__(self, catalog: IndexedCatalog, vectors: VectorStore, collection: str,
                  model_version: str, photo: PhotoIndex | None = None) -> None:
         self._photo = photo
         self._catalog = catalog

@@ -24,17 +24,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
 
 from backend.domain.indexing import Indexer, collection_spec
 from backend.domain.photo_index import PhotoIndex
-from backend.domain.ports import VectorEncoder
+from backend.domain.ports import IndexedCatalog, ProductReader, VectorEncoder
 from backend.domain.types import Filters, Product
+from backend.domain.vectors import VectorStore
 from backend.errors import ConfigError
-from backend.stores.catalog.models import OutboxEntry
-from backend.stores.catalog.repository import CatalogRepository
-from backend.stores.vectors.base import VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +100,7 @@ class Quality:
                    old.text_recall_at_5 - self.text_recall_at_5)
 
 
-def pick_sample(catalog: CatalogRepository, size: int, seed: int = 0) -> list[Product]:
+def pick_sample(catalog: ProductReader, size: int, seed: int = 0) -> list[Product]:
     """A fixed random sample of live products (reservoir over one pass of the catalog)."""
     rng = random.Random(seed)
     sample: list[Product] = []
@@ -213,8 +209,7 @@ class ReindexResult:
 class Reindexer:
     def __init__(
         self,
-        catalog: CatalogRepository,
-        engine: Engine,
+        catalog: IndexedCatalog,
         vectors: VectorStore,
         encoder: VectorEncoder,
         alias: str,
@@ -226,19 +221,12 @@ class Reindexer:
         photo: PhotoIndex | None = None,
     ) -> None:
         self._catalog = catalog
-        self._engine = engine
         self._vectors = vectors
         self._encoder = encoder
         self._alias = alias
         self._shards, self._replicas = shards, replicas
         self._batch = batch
         self._indexer = Indexer(catalog, vectors, encoder, alias, max_image_pixels, photo=photo)
-
-    def _changed_since(self, version: int) -> list[str]:
-        with Session(self._engine) as session:
-            return list(session.scalars(
-                select(OutboxEntry.product_id)
-                .where(OutboxEntry.catalog_version > version).distinct()))
 
     def _write(self, collection: str, products: list[Product]) -> int:
         points = 0
@@ -251,7 +239,7 @@ class Reindexer:
         """Write again every product changed after catalog version `since` (deleted ones are
         removed). Returns (products, the version now covered)."""
         now = self._catalog.catalog_version()  # read first: a later change is replayed later
-        changed = self._changed_since(since)
+        changed = self._catalog.changed_since(since)
         if changed:
             found = self._catalog.get_products(changed)
             gone = [pid for pid in changed if pid not in found]
@@ -377,7 +365,7 @@ def write_report(result: ReindexResult, path: Path) -> None:
                     encoding="utf-8")
 
 
-def reindex_on_start(catalog: CatalogRepository, engine: Engine, vectors: VectorStore,
+def reindex_on_start(catalog: IndexedCatalog, vectors: VectorStore,
                      encoder: VectorEncoder, alias: str, *, shards: int = 1, replicas: int = 1,
                      batch: int = 64, max_image_pixels: int = 40_000_000,
                      photo: PhotoIndex | None = None) -> ReindexResult:
@@ -388,7 +376,7 @@ def reindex_on_start(catalog: CatalogRepository, engine: Engine, vectors: Vector
     from tqdm import tqdm
 
     log.warning("model version changed: re-indexing the catalog for %s", encoder.model_version)
-    reindexer = Reindexer(catalog, engine, vectors, encoder, alias, shards=shards,
+    reindexer = Reindexer(catalog, vectors, encoder, alias, shards=shards,
                           replicas=replicas, batch=batch, max_image_pixels=max_image_pixels,
                           photo=photo)
     with tqdm(desc="reindex", unit="product") as bar:

@@ -24,14 +24,13 @@ from backend.config import SearchSettings
 from backend.domain.photo_index import PhotoIndex
 from backend.domain.photo_search import Box, decode_query_photo, overlap_of_smaller
 from backend.domain.photo_verify import verified_on_shelf
-from backend.domain.ports import VectorEncoder
+from backend.domain.ports import ProductReader, VectorEncoder
 from backend.domain.tenants import tenant_name
 from backend.domain.types import Filters, Product, StockLevel
+from backend.domain.vectors import VectorStore
 from backend.errors import InvalidInput
 from backend.security import Role
 from backend.security import current as current_principal
-from backend.stores.catalog.repository import CatalogRepository
-from backend.stores.vectors.base import VectorStore
 from encoders.image import crop_boxes
 from encoders.localise import isolate_box, item_boxes
 from encoders.priority import run_heavy
@@ -89,7 +88,7 @@ def select(candidates: list[tuple[float, str, Box]], top_k: int) -> list[tuple[f
 class RestockService:
     def __init__(
         self,
-        catalog: CatalogRepository,
+        catalog: ProductReader,
         vectors: VectorStore,
         encoder: VectorEncoder,
         collection: str,

@@ -23,13 +23,12 @@ from backend.domain.photo_search import (
     search_photo,
     upload_scale,
 )
-from backend.domain.ports import VectorEncoder
+from backend.domain.ports import IndexedCatalog, VectorEncoder
 from backend.domain.types import Filters, SearchHit, SearchResult
+from backend.domain.vectors import ScoredPoint, VectorStore
 from backend.errors import InvalidInput, NotFound, NotReady, shown
 from backend.security import Role
 from backend.security import current as current_principal
-from backend.stores.catalog.repository import CatalogRepository
-from backend.stores.vectors.base import ScoredPoint, VectorStore
 from encoders.localise import query_views
 from encoders.priority import run_heavy
 
@@ -74,7 +73,7 @@ def decode_page_token(token: str) -> int:
 class SearchService:
     def __init__(
         self,
-        catalog: CatalogRepository,
+        catalog: IndexedCatalog,
         vectors: VectorStore,
         encoder: VectorEncoder,
         collection: str,

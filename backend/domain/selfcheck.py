@@ -16,10 +16,10 @@ import logging
 from dataclasses import dataclass, field
 
 from backend.domain.indexing import Indexer
+from backend.domain.ports import IndexedCatalog
 from backend.domain.reconcile import Reconciler, ReconcileReport
 from backend.domain.types import Product
-from backend.stores.catalog.repository import CatalogRepository
-from backend.stores.vectors.base import VectorStore
+from backend.domain.vectors import VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def _counts(report: ReconcileReport) -> dict[str, int]:
 
 
 class SelfCheck:
-    def __init__(self, catalog: CatalogRepository, vectors: VectorStore, indexer: Indexer,
+    def __init__(self, catalog: IndexedCatalog, vectors: VectorStore, indexer: Indexer,
                  collection: str, model_version: str, batch: int = 200) -> None:
         self._catalog = catalog
         self._vectors = vectors

@@ -24,9 +24,9 @@ import struct
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
+from backend.domain.ports import StoredFeatures
 from backend.errors import ConfigError
 
 _MAGIC = b"PSLF"
@@ -35,15 +35,6 @@ _HEADER = struct.Struct("<4sBHHi")  # magic, format, len(version), len(product i
 _SUFFIX = ".lf"
 _TMP = ".tmp-"
 _COLLECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-@dataclass(frozen=True)
-class StoredFeatures:
-    point_id: str
-    product_id: str
-    position: int
-    version: str  # the features version that wrote it; another version is stale
-    data: bytes = b""  # empty when only the header was read
 
 
 def _product_dir(product_id: str) -> str:
@@ -80,8 +71,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 class FeatureStore:
-    """Sidecar files of local features under one root; thread-safe (files are replaced
-    atomically, and each write uses its own temporary name)."""
+    """Sidecar files of local features under one root (the domain's `FeatureFiles` port);
+    thread-safe (files are replaced atomically, and each write uses its own temporary name)."""
 
     def __init__(self, root: Path) -> None:
         self._root = Path(root)
@@ -192,3 +183,6 @@ class FeatureStore:
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self._root)!r})"
+
+
+__all__ = ["FeatureStore", "StoredFeatures"]

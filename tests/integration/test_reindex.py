@@ -91,8 +91,7 @@ def test_reindex_while_searching_fails_no_request(running: Running) -> None:
     for t in threads:
         t.start()
     try:
-        reindexer = Reindexer(app.catalog, app.engine, app.vectors, app.encoder, alias,
-                              batch=16)
+        reindexer = Reindexer(app.catalog, app.vectors, app.encoder, alias, batch=16)
         # Same model: a rebuild into `<name>-r2`, checked against the current collection.
         result = reindexer.run(margin=0.1, sample=20, grace_s=1.5)
         time.sleep(1.0)  # searches on the new collection after the old one is gone
@@ -122,7 +121,7 @@ def test_refused_switch_keeps_the_current_collection(running: Running) -> None:
     app = running.app
     alias = app.settings.collection
     current = app.vectors.resolve(alias)
-    reindexer = Reindexer(app.catalog, app.engine, app.vectors, app.encoder, alias, batch=16)
+    reindexer = Reindexer(app.catalog, app.vectors, app.encoder, alias, batch=16)
     # A margin below zero: any result counts as a drop, so the switch is refused.
     result = reindexer.run(margin=-1.0, sample=5, grace_s=0)
     assert not result.switched and "refused" in result.message

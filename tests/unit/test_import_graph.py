@@ -1,6 +1,7 @@
 """The import graph of backend/ and encoders/, read from the source with `ast` (nothing is
 imported): no import cycle anywhere, imports inside functions and under TYPE_CHECKING
-included; encoders/ never imports backend/; the transport never imports the catalog's ORM.
+included; encoders/ never imports backend/; the transport never imports the catalog's ORM;
+the domain imports no store and no SQL library (it types against `backend.domain.ports`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("backend", "encoders")
 # The SQLAlchemy side of the catalog store: tables, sessions, engines.
 ORM_MODULES = ("backend.stores.catalog.models", "backend.stores.catalog.db", "sqlalchemy.orm")
+# What the domain must not import: concrete stores, the SQL library, the transport.
+OUTSIDE_THE_DOMAIN = ("backend.stores", "sqlalchemy", "backend.transport")
 
 Graph = dict[str, set[str]]
 
@@ -139,3 +142,25 @@ def test_transport_does_not_import_the_catalog_orm(modules: dict[str, Path]) -> 
         for name in external_imports(modules, module)
         if any(name == orm or name.startswith(orm + ".") for orm in ORM_MODULES))
     assert not offenders, offenders
+
+
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def test_the_domain_imports_no_store_sql_or_transport(modules: dict[str, Path]) -> None:
+    offenders = sorted(
+        f"{module} imports {name}"
+        for module in modules if module.startswith("backend.domain.")
+        for name in external_imports(modules, module)
+        if _under(name, OUTSIDE_THE_DOMAIN))
+    assert not offenders, offenders
+
+
+def test_the_domain_check_sees_a_store_import(tmp_path: Path) -> None:
+    """The check above reads imports in functions too, so a lazy store import cannot hide."""
+    path = tmp_path / "service.py"
+    path.write_text("def f():\n    from backend.stores.catalog import repository\n",
+                    encoding="utf-8")
+    names = set(imported_names(path, "backend.domain.service"))
+    assert any(_under(n, OUTSIDE_THE_DOMAIN) for n in names)

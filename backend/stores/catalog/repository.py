@@ -6,17 +6,15 @@ rebuilt from here. Writers are serialised: SQLite by BEGIN IMMEDIATE, PostgreSQL
 single `catalog_state` row first. That makes catalog versions increase in commit order, so "the
 index has applied version N" really means every change up to N.
 
-Callers get `backend.domain.types` objects, never ORM rows.
+Callers get `backend.domain.types` objects, never ORM rows. It implements the catalog ports of
+`backend.domain.ports`; the value rules it applies live in `backend.domain.product_rules`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +23,21 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session, joinedload, selectinload
 
+from backend.domain.ports import (
+    ApiKeyRow,
+    DedupPair,
+    InventoryChange,
+    OutboxItem,
+    UpsertOutcome,
+)
+from backend.domain.product_rules import (
+    NormalisedProduct,
+    check_inventory_change,
+    normalise_batch,
+    normalise_category,
+    text_field,
+    validate_products,
+)
 from backend.domain.tenants import tenant_name
 from backend.domain.types import ImageRef, Product, ProductInput, StockLevel
 from backend.errors import AlreadyExists, InvalidInput, NotFound, shown
@@ -43,222 +56,13 @@ from backend.stores.catalog.models import (
     utcnow,
 )
 
-
-@dataclass(frozen=True)
-class DedupPair:
-    product_a: str
-    product_b: str
-    status: str  # "group" or "review"
-    group_id: str | None
-    probability: float
-    image_similarity: float
-    text_similarity: float
-    evidence: dict[str, Any]
-
-
 # Keeps IN (...) lists well under every backend's bound-parameter limit.
 _CHUNK = 500
-_MAX_SHORT = 255
-_MAX_PRICE = 1e14  # Numeric(18, 4)
-_MAX_INT32 = 2**31 - 1
-_DEFAULT_CURRENCY = "EUR"
 
 
-@dataclass(frozen=True)
-class UpsertOutcome:
-    product_id: str
-    changed: bool
-    # The product's last-change version: the batch's new version when changed, else unchanged.
-    catalog_version: int
-
-
-@dataclass(frozen=True)
-class InventoryChange:
-    """A stock and/or price change. `None` fields are left as they are. The inventory row
-    (product, warehouse, bin) is created when missing and quantity or reorder_point is given."""
-
-    product_id: str
-    warehouse: str = ""
-    bin: str = ""
-    quantity: int | None = None
-    reorder_point: int | None = None
-    price: float | None = None
-    currency: str | None = None
-
-
-@dataclass(frozen=True)
-class OutboxItem:
-    id: int
-    product_id: str
-    op: str  # 'upsert' | 'delete' | 'payload'
-    catalog_version: int
-    attempts: int = 0  # claims so far, this one included
-
-
-@dataclass(frozen=True)
-class ApiKeyRow:
-    id: int
-    key_hash: str
-    role: str
-    merchant: str | None
-    warehouse: str | None
-    created_at: datetime
-    revoked_at: datetime | None = None
-
-
-# ---------------------------------------------------------------------------------------------
-# Normalisation and the content hash
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Normalised:
-    """A product in canonical form: what is stored, and what the content hash covers."""
-
-    merchant: str
-    sku: str
-    title: str
-    description: str
-    category: str
-    brand: str
-    size: str
-    material: str
-    colour: str
-    price: float
-    currency: str
-    listed: bool
-    images: tuple[str, ...]
-    inventory: tuple[StockLevel, ...]  # sorted by (warehouse, bin)
-    attributes: tuple[tuple[str, str], ...]  # sorted by key
-
-    def content_hash(self) -> str:
-        doc = {
-            "merchant": self.merchant, "sku": self.sku, "title": self.title,
-            "description": self.description, "category": self.category, "brand": self.brand,
-            "size": self.size, "material": self.material, "colour": self.colour,
-            "price": f"{self.price:.4f}", "currency": self.currency, "listed": self.listed,
-            "images": list(self.images),
-            "inventory": [[s.warehouse, s.bin, s.quantity, s.reorder_point]
-                          for s in self.inventory],
-            "attributes": [list(kv) for kv in self.attributes],
-        }
-        blob = json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-def _text(name: str, value: object, *, sku: str = "", required: bool = False,
-          max_len: int | None = _MAX_SHORT) -> str:
-    where = f" (sku {shown(sku)})" if sku else ""
-    if not isinstance(value, str):
-        raise InvalidInput(f"{name} must be a string{where}")
-    value = value.strip()
-    if required and not value:
-        raise InvalidInput(f"{name} must not be empty{where}")
-    if max_len is not None and len(value) > max_len:
-        raise InvalidInput(f"{name} is longer than {max_len} characters{where}")
-    return value
-
-
-def normalise_category(path: str) -> str:
-    """'  Shoes / Running/ ' -> 'Shoes/Running': trimmed segments, no empty ones."""
-    return "/".join(seg.strip() for seg in path.split("/") if seg.strip())
-
-
-def _price(value: object, *, sku: str = "") -> float:
-    where = f" (sku {shown(sku)})" if sku else ""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInput(f"price must be a number{where}")
-    price = float(value)
-    if not math.isfinite(price) or price < 0 or price >= _MAX_PRICE:
-        raise InvalidInput(f"price must be finite, >= 0 and < {_MAX_PRICE:.0e}{where}")
-    return round(price, 4)  # the stored precision, so hashes of input and stored rows agree
-
-
-def _currency(value: object, *, sku: str = "") -> str:
-    text = _text("currency", value, sku=sku).upper() or _DEFAULT_CURRENCY
-    if len(text) != 3 or not text.isascii() or not text.isalpha():
-        raise InvalidInput(f"currency must be an ISO 4217 code like 'EUR', got {shown(text)}")
-    return text
-
-
-def _count(name: str, value: object, *, sku: str = "") -> int:
-    where = f" (sku {shown(sku)})" if sku else ""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"{name} must be an integer{where}")
-    if value < 0 or value > _MAX_INT32:
-        raise InvalidInput(f"{name} must be between 0 and {_MAX_INT32}{where}")
-    return value
-
-
-def _tenant(what: str, value: object, *, sku: str = "") -> str:
-    """A merchant or warehouse name in its one canonical form (backend.domain.tenants)."""
-    try:
-        return tenant_name(value, what)
-    except InvalidInput as exc:
-        raise InvalidInput(f"{exc} (sku {sku!r})" if sku else str(exc)) from None
-
-
-def validate_products(items: Sequence[ProductInput]) -> None:
-    """Everything `upsert_products` checks before touching SQL (field values, one SKU per
-    merchant per batch), so callers can refuse a batch before they store its image files."""
-    _normalise_batch(items)
-
-
-def _normalise_batch(items: Sequence[ProductInput]) -> list[_Normalised]:
-    normalised = [_normalise_input(item) for item in items]
-    seen: set[tuple[str, str]] = set()
-    for n in normalised:
-        if (n.merchant, n.sku) in seen:
-            raise InvalidInput(f"duplicate sku {shown(n.sku)} for merchant {shown(n.merchant)} "
-                               "in one batch")
-        seen.add((n.merchant, n.sku))
-    return normalised
-
-
-def _normalise_input(item: ProductInput) -> _Normalised:
-    sku = _text("sku", item.sku, required=True)
-    merchant = _tenant("merchant", item.merchant, sku=sku)
-    category = normalise_category(_text("category", item.category, sku=sku, max_len=None))
-    if len(category) > 1024 or any(len(s) > _MAX_SHORT for s in category.split("/")):
-        raise InvalidInput(f"category path is too long (sku {shown(sku)})")
-    images = tuple(_text("image uri", uri, required=True, sku=sku, max_len=None)
-                   for uri in item.images)
-    levels: dict[tuple[str, str], StockLevel] = {}
-    for level in item.inventory:
-        warehouse = _tenant("warehouse", level.warehouse, sku=sku)
-        bin_ = _text("bin", level.bin, sku=sku)
-        if (warehouse, bin_) in levels:
-            raise InvalidInput(f"duplicate inventory row {warehouse}/{bin_} (sku {shown(sku)})")
-        levels[(warehouse, bin_)] = StockLevel(
-            warehouse, bin_, _count("quantity", level.quantity, sku=sku),
-            _count("reorder_point", level.reorder_point, sku=sku))
-    attributes: dict[str, str] = {}
-    for key, value in item.attributes.items():
-        k = _text("attribute key", key, required=True, sku=sku)
-        if k in attributes:
-            raise InvalidInput(f"duplicate attribute {shown(k)} (sku {shown(sku)})")
-        attributes[k] = _text(f"attribute {shown(k)}", value, sku=sku, max_len=None)
-    return _Normalised(
-        merchant=merchant, sku=sku,
-        title=_text("title", item.title, required=True, sku=sku, max_len=None),
-        description=_text("description", item.description, sku=sku, max_len=None),
-        category=category,
-        brand=_text("brand", item.brand, sku=sku),
-        size=_text("size", item.size, sku=sku),
-        material=_text("material", item.material, sku=sku),
-        colour=_text("colour", item.colour, sku=sku),
-        price=_price(item.price, sku=sku),
-        currency=_currency(item.currency, sku=sku),
-        listed=bool(item.listed),
-        images=images,
-        inventory=tuple(levels[k] for k in sorted(levels)),
-        attributes=tuple(sorted(attributes.items())),
-    )
-
-
-def _normalised_from_record(rec: ProductRecord) -> _Normalised:
+def _normalised_from_record(rec: ProductRecord) -> NormalisedProduct:
     """The canonical form of a stored product (its collections and parents must be loaded)."""
-    return _Normalised(
+    return NormalisedProduct(
         merchant=rec.merchant.name, sku=rec.sku, title=rec.title, description=rec.description,
         category=rec.category.path if rec.category is not None else "",
         brand=rec.brand, size=rec.size, material=rec.material, colour=rec.colour,
@@ -374,7 +178,7 @@ class CatalogRepository:
         outbox row. `image_bytes` is not stored here: the caller saves uploads as files first
         and passes their URIs in `images`.
         """
-        normalised = _normalise_batch(items)
+        normalised = normalise_batch(items)
         if not normalised:
             return []
 
@@ -470,7 +274,7 @@ class CatalogRepository:
         call); repeating the same changes is a no-op. Unknown product -> NotFound, nothing
         written.
         """
-        checked = [self._check_change(change) for change in updates]
+        checked = [check_inventory_change(change) for change in updates]
         if not checked:
             return 0, self.catalog_version()
         wanted = list(dict.fromkeys(c.product_id for c in checked))
@@ -522,24 +326,6 @@ class CatalogRepository:
             session.flush()
             self._write_outbox(session, [rec.id for rec in changed], "payload", version, now)
             return len(changed), version
-
-    @staticmethod
-    def _check_change(change: InventoryChange) -> InventoryChange:
-        pid = _text("product_id", change.product_id, required=True)
-        stock = change.quantity is not None or change.reorder_point is not None
-        if not stock and change.price is None and change.currency is None:
-            raise InvalidInput(f"inventory update for {shown(pid)} changes nothing")
-        return InventoryChange(
-            product_id=pid,
-            warehouse=(_tenant("warehouse", change.warehouse)
-                       if stock or change.warehouse.strip() else ""),
-            bin=_text("bin", change.bin),
-            quantity=None if change.quantity is None else _count("quantity", change.quantity),
-            reorder_point=(None if change.reorder_point is None
-                           else _count("reorder_point", change.reorder_point)),
-            price=None if change.price is None else _price(change.price),
-            currency=None if change.currency is None else _currency(change.currency),
-        )
 
     # -- write helpers -------------------------------------------------------------------------
 
@@ -788,12 +574,20 @@ class CatalogRepository:
             return None
         return max(0.0, (utcnow() - _aware(oldest)).total_seconds())
 
+    def changed_since(self, version: int) -> list[str]:
+        """Products with an outbox entry (done or not) newer than catalog version `version`:
+        what a rebuild that read the catalog at `version` has to write again."""
+        with self._read() as session:
+            return list(session.scalars(
+                select(OutboxEntry.product_id)
+                .where(OutboxEntry.catalog_version > version).distinct()))
+
     # -- API keys ------------------------------------------------------------------------------
 
     def create_api_key(self, key_hash: str, role: str, merchant: str | None = None,
                        warehouse: str | None = None) -> int:
-        key_hash = _text("key_hash", key_hash, required=True, max_len=128)
-        role = _text("role", role, required=True, max_len=32)
+        key_hash = text_field("key_hash", key_hash, required=True, max_len=128)
+        role = text_field("role", role, required=True, max_len=32)
         row = ApiKey(key_hash=key_hash, role=role, merchant=_scope("merchant", merchant),
                      warehouse=_scope("warehouse", warehouse), created_at=utcnow())
         try:
@@ -848,3 +642,16 @@ class CatalogRepository:
             return [DedupPair(r.product_a, r.product_b, r.status, r.group_id, r.probability,
                               r.image_similarity, r.text_similarity, json.loads(r.evidence))
                     for r in rows]
+
+
+# Re-exported: callers that predate the domain ports import these from here.
+__all__ = [
+    "ApiKeyRow",
+    "CatalogRepository",
+    "DedupPair",
+    "InventoryChange",
+    "OutboxItem",
+    "UpsertOutcome",
+    "normalise_category",
+    "validate_products",
+]
