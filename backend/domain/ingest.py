@@ -7,12 +7,12 @@ from elsewhere cannot make the server read /etc/shadow or walk out with `../`.""
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.domain.ports import ProductCatalog, UpsertOutcome
+from backend.domain.product_rules import check_price, check_sku
 from backend.domain.tenants import fold_name
 from backend.domain.types import ProductInput, StockLevel
 from backend.errors import InvalidInput
@@ -51,10 +51,7 @@ def parse_line(text: str, base_dir: Path) -> ProductInput:
     for key in ("description", "category", "brand", "size", "material", "colour", "currency"):
         if key in data and not isinstance(data[key], str):
             raise InvalidInput(f"{key!r} must be a string")
-    price = data.get("price", 0.0)
-    if isinstance(price, bool) or not isinstance(price, int | float) or not math.isfinite(price) \
-            or price < 0:
-        raise InvalidInput("'price' must be a finite number >= 0")
+    price = check_price(data.get("price", 0.0))
     images = data.get("images", [])
     if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
         raise InvalidInput("'images' must be a list of paths or file:// URIs")
@@ -73,7 +70,7 @@ def parse_line(text: str, base_dir: Path) -> ProductInput:
     extra = {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
              for k, v in data.items() if k not in KNOWN_KEYS}
     return ProductInput(
-        sku=data["sku"].strip(),
+        sku=check_sku(data["sku"]),
         merchant=data["merchant"].strip(),
         title=data["title"].strip(),
         description=data.get("description", ""),
@@ -82,7 +79,7 @@ def parse_line(text: str, base_dir: Path) -> ProductInput:
         size=data.get("size", ""),
         material=data.get("material", ""),
         colour=data.get("colour", ""),
-        price=float(price),
+        price=price,
         currency=data.get("currency", "EUR") or "EUR",
         images=list(images),  # confined by ingest_file, relative to base_dir
         inventory=levels,

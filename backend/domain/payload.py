@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from backend.domain.product_rules import category_key
 from backend.domain.tenants import fold_name
 from backend.domain.types import Filters, Product
 from backend.domain.vectors import PointPayload, category_prefixes
@@ -14,10 +15,6 @@ def norm(value: str) -> str:
     return value.strip().lower()
 
 
-def normalise_category(path: str) -> str:
-    return "/".join(norm(p) for p in path.strip("/").split("/") if p.strip())
-
-
 def product_payload(product: Product, position: int, model_version: str) -> PointPayload:
     return PointPayload(
         product_id=product.product_id,
@@ -25,7 +22,7 @@ def product_payload(product: Product, position: int, model_version: str) -> Poin
         model_version=model_version,
         catalog_version=product.catalog_version,
         merchant=fold_name(product.merchant),
-        category=category_prefixes(normalise_category(product.category)),
+        category=category_prefixes(category_key(product.category)),
         size=norm(product.size),
         material=norm(product.material),
         colour=norm(product.colour),
@@ -49,7 +46,7 @@ def mutable_payload(product: Product) -> dict[str, object]:
 def normalise_filters(filters: Filters) -> Filters:
     return replace(
         filters,
-        category=normalise_category(filters.category),
+        category=category_key(filters.category),
         sizes=[norm(v) for v in filters.sizes],
         materials=[norm(v) for v in filters.materials],
         colours=[norm(v) for v in filters.colours],

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from backend.domain.ports import InventoryChange
 from backend.domain.tenants import tenant_name
-from backend.domain.types import ProductInput, StockLevel
+from backend.domain.types import PriceRange, ProductInput, StockLevel
 from backend.errors import InvalidInput, shown
 
 MAX_SHORT = 255  # String(255) columns
@@ -61,7 +61,7 @@ class NormalisedProduct:
 
 
 def text_field(name: str, value: object, *, sku: str = "", required: bool = False,
-          max_len: int | None = MAX_SHORT) -> str:
+               max_len: int | None = MAX_SHORT) -> str:
     where = f" (sku {shown(sku)})" if sku else ""
     if not isinstance(value, str):
         raise InvalidInput(f"{name} must be a string{where}")
@@ -73,9 +73,21 @@ def text_field(name: str, value: object, *, sku: str = "", required: bool = Fals
     return value
 
 
+def check_sku(value: object) -> str:
+    """A SKU as stored and looked up: a non-empty string of at most 255 characters, trimmed."""
+    return text_field("sku", value, required=True)
+
+
 def normalise_category(path: str) -> str:
-    """'  Shoes / Running/ ' -> 'Shoes/Running': trimmed segments, no empty ones."""
+    """'  Shoes / Running/ ' -> 'Shoes/Running': trimmed segments, no empty ones. The catalog
+    stores this form, case kept (stored products and their content hashes rely on it)."""
     return "/".join(seg.strip() for seg in path.split("/") if seg.strip())
+
+
+def category_key(path: str) -> str:
+    """The form categories are matched in: `normalise_category`, lower-cased ('Shoes/Running'
+    and 'shoes/running ' are one category to a filter and to the index payload)."""
+    return normalise_category(path).lower()
 
 
 def check_price(value: object, *, sku: str = "") -> float:
@@ -86,6 +98,19 @@ def check_price(value: object, *, sku: str = "") -> float:
     if not math.isfinite(price) or price < 0 or price >= MAX_PRICE:
         raise InvalidInput(f"price must be finite, >= 0 and < {MAX_PRICE:.0e}{where}")
     return round(price, 4)  # the stored precision, so hashes of input and stored rows agree
+
+
+def check_price_range(price: PriceRange) -> None:
+    """A price filter: each bound, when given, a finite number >= 0, and min <= max."""
+    for label, value in (("min_price", price.min), ("max_price", price.max)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not math.isfinite(value) or value < 0:
+            raise InvalidInput(f"{label} must be a finite number >= 0, got {value!r}")
+    if price.min is not None and price.max is not None and price.min > price.max:
+        raise InvalidInput(f"price range is empty: min_price {price.min} is above max_price "
+                           f"{price.max}")
 
 
 def check_currency(value: object, *, sku: str = "") -> str:
@@ -130,7 +155,7 @@ def normalise_batch(items: Sequence[ProductInput]) -> list[NormalisedProduct]:
 
 
 def normalise_input(item: ProductInput) -> NormalisedProduct:
-    sku = text_field("sku", item.sku, required=True)
+    sku = check_sku(item.sku)
     merchant = check_tenant("merchant", item.merchant, sku=sku)
     category = normalise_category(text_field("category", item.category, sku=sku, max_len=None))
     if len(category) > 1024 or any(len(s) > MAX_SHORT for s in category.split("/")):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import math
 import threading
 from dataclasses import dataclass, field
 
@@ -24,6 +23,7 @@ from backend.domain.photo_search import (
     upload_scale,
 )
 from backend.domain.ports import IndexedCatalog, VectorEncoder
+from backend.domain.product_rules import check_price_range
 from backend.domain.types import Filters, SearchHit, SearchResult
 from backend.domain.vectors import ScoredPoint, VectorStore
 from backend.errors import InvalidInput, NotFound, NotReady, shown
@@ -305,12 +305,7 @@ class SearchService:
 
 
 def validate_filters(filters: Filters) -> None:
-    price = filters.price
-    for label, value in (("min_price", price.min), ("max_price", price.max)):
-        if value is not None and (math.isnan(value) or math.isinf(value) or value < 0):
-            raise InvalidInput(f"{label} must be a finite number >= 0")
-    if price.min is not None and price.max is not None and price.min > price.max:
-        raise InvalidInput("min_price is greater than max_price")
+    check_price_range(filters.price)
     for values in filters.keyword_values().values():
         if any(not v.strip() or len(v) > 200 for v in values):
             raise InvalidInput("filter values must be non-empty and at most 200 characters")

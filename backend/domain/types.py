@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Filterable product fields mirrored into the vector store payload (besides category, price
-# and stock). `Filters.where` accepts exactly these names.
-KEYWORD_FIELDS: tuple[str, ...] = ("size", "material", "colour", "brand", "merchant")
-
 
 @dataclass(frozen=True)
 class StockLevel:

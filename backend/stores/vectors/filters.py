@@ -8,7 +8,6 @@ matches even when they rank far below the unfiltered top-k.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -16,8 +15,8 @@ import numpy as np
 import qdrant_edge as qe
 from qdrant_client import models
 
+from backend.domain.product_rules import check_price_range
 from backend.domain.types import Filters
-from backend.errors import InvalidInput
 from backend.stores.vectors.base import category_prefixes
 
 
@@ -81,14 +80,6 @@ class FilterSpec:
 Condition = MatchAny | MatchBool | Range | FilterSpec
 
 
-def _check_price(value: float | None, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidInput(f"price {name} must be a finite number, got {value!r}")
-    return float(value)
-
-
 def filter_spec(filters: Filters) -> FilterSpec:
     spec = FilterSpec()
     if filters.category.strip("/"):
@@ -97,10 +88,8 @@ def filter_spec(filters: Filters) -> FilterSpec:
         spec.must.append(MatchAny("category", (category_prefixes(filters.category)[-1],)))
     for key, values in filters.keyword_values().items():
         spec.must.append(MatchAny(key, tuple(values)))
-    low = _check_price(filters.price.min, "min")
-    high = _check_price(filters.price.max, "max")
-    if low is not None and high is not None and low > high:
-        raise InvalidInput(f"price range is empty: min {low} is above max {high}")
+    check_price_range(filters.price)
+    low, high = filters.price.min, filters.price.max
     if low is not None or high is not None:
         spec.must.append(Range("price", gte=low, lte=high))
     if filters.in_stock_only:
