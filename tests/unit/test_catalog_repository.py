@@ -16,6 +16,7 @@ from sqlalchemy import Engine, event, func, select, text, update
 from backend.domain.types import ProductInput, StockLevel
 from backend.errors import AlreadyExists, InvalidInput, NotFound
 from backend.stores.catalog import migrate
+from backend.stores.catalog import products as products_module
 from backend.stores.catalog.db import make_engine
 from backend.stores.catalog.models import Base, CatalogState, OutboxEntry, ProductRecord
 from backend.stores.catalog.repository import CatalogRepository, InventoryChange
@@ -111,7 +112,7 @@ def test_upsert_is_one_transaction(repo: CatalogRepository, engine: Engine,
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("crash before the outbox row")
 
-    monkeypatch.setattr(CatalogRepository, "_write_outbox", staticmethod(broken))
+    monkeypatch.setattr(products_module, "write_outbox", broken)
     with pytest.raises(RuntimeError):
         repo.upsert_products([item("A"), item("B")])
     assert count_products(engine) == 0
