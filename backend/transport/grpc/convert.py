@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from backend.domain import types as d
 from backend.domain.match import Listing
+from backend.domain.ports import InventoryChange
 from backend.domain.search import SearchQuery
 from backend.errors import InvalidInput, shown
-from backend.stores.catalog.repository import InventoryChange
 from backend.transport.grpc.generated.product_search.v1 import product_search_pb2 as pb
 
 _WHERE_TO_LIST = {

@@ -13,12 +13,12 @@ import grpc
 
 from backend.domain.catalog import CatalogService
 from backend.domain.match import MatchService
+from backend.domain.ports import ProductReader
 from backend.domain.restock import RestockService
 from backend.domain.search import SearchService
 from backend.domain.types import Product
 from backend.errors import InvalidInput, NotFound, shown
 from backend.security import current as current_principal
-from backend.stores.catalog.repository import CatalogRepository
 from backend.transport.grpc import convert
 from backend.transport.grpc.errors import status_for
 from backend.transport.grpc.generated.product_search.v1 import product_search_pb2 as pb
@@ -62,7 +62,7 @@ class ProductSearchServicer(rpc.ProductSearchServicer):
     def __init__(
         self,
         search: SearchService,
-        catalog: CatalogRepository,
+        catalog: ProductReader,
         match: MatchService,
         restock: RestockService,
     ) -> None:
