@@ -3,6 +3,9 @@ domain owns it), and the argument checks both implementations share."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import numpy as np
 
 from backend.domain.vectors import (
@@ -33,9 +36,12 @@ __all__ = [
     "VectorPoint",
     "VectorStore",
     "category_prefixes",
+    "check_page",
     "check_prefetches",
+    "hybrid_prefetches",
     "patch_values",
     "point_id",
+    "scored_points",
     "sparse_values",
     "vector_values",
 ]
@@ -99,3 +105,36 @@ def patch_values(patch: PayloadPatch) -> dict[str, object]:
     if isinstance(values.get("category"), str):
         values["category"] = category_prefixes(str(values["category"]))
     return values
+
+
+def check_page(limit: int, offset: int) -> None:
+    if limit < 1:
+        raise InvalidInput(f"limit must be at least 1, got {limit}")
+    if offset < 0:
+        raise InvalidInput(f"offset must not be negative, got {offset}")
+
+
+def hybrid_prefetches(queries: dict[str, np.ndarray], limit: int, offset: int
+                      ) -> list[Prefetch]:
+    """`search_hybrid` as a fused search: one dense prefetch per named vector. Each list must
+    reach deeper than the page, or fusion could not promote a point that ranks well in one
+    list and only moderately in another."""
+    if not queries:
+        raise InvalidInput("hybrid search needs at least one query vector")
+    depth = max(100, 2 * (limit + offset))
+    return [Prefetch(name, vector, depth) for name, vector in queries.items()]
+
+
+def scored_points(points: Iterable[Any], with_vectors: bool) -> list[ScoredPoint]:
+    """Scored points of either Qdrant library (`.id`, `.score`, `.payload`, `.vector`)."""
+    out = []
+    for p in points:
+        vectors: dict[str, np.ndarray] = {}
+        if with_vectors and isinstance(p.vector, dict):
+            # Dense vectors only: a sparse one (visual words) is not an array.
+            vectors = {k: np.asarray(v, dtype=np.float32) for k, v in p.vector.items()
+                       if isinstance(v, list)}
+        out.append(ScoredPoint(id=str(p.id), score=float(p.score),
+                               payload=PointPayload.from_dict(dict(p.payload or {})),
+                               vectors=vectors))
+    return out

@@ -47,8 +47,11 @@ from backend.stores.vectors.base import (
     ScoredPoint,
     SparseVector,
     VectorPoint,
+    check_page,
     check_prefetches,
+    hybrid_prefetches,
     patch_values,
+    scored_points,
     sparse_values,
     vector_values,
 )
@@ -419,38 +422,12 @@ class EdgeVectorStore:
         return qe.SearchParams(hnsw_ef=self._hnsw_ef, quantization=quantization)
 
     @staticmethod
-    def _check_page(limit: int, offset: int) -> None:
-        if limit < 1:
-            raise InvalidInput(f"limit must be at least 1, got {limit}")
-        if offset < 0:
-            raise InvalidInput(f"offset must not be negative, got {offset}")
-
-    @staticmethod
     def _vector_dim(coll: _Collection, name: str) -> int:
         if name not in coll.spec.vectors:
             raise InvalidInput(
                 f"unknown vector {name!r}; collection {coll.name!r} has {sorted(coll.spec.vectors)}"
             )
         return coll.spec.vectors[name]
-
-    @staticmethod
-    def _scored(points: list[qe.ScoredPoint], with_vectors: bool) -> list[ScoredPoint]:
-        out = []
-        for p in points:
-            vectors: dict[str, np.ndarray] = {}
-            if with_vectors and isinstance(p.vector, dict):
-                # Dense vectors only: a sparse one (visual words) is not an array.
-                vectors = {k: np.asarray(v, dtype=np.float32) for k, v in p.vector.items()
-                           if isinstance(v, list)}
-            out.append(
-                ScoredPoint(
-                    id=str(p.id),
-                    score=float(p.score),
-                    payload=PointPayload.from_dict(p.payload or {}),
-                    vectors=vectors,
-                )
-            )
-        return out
 
     def search(
         self,
@@ -462,7 +439,7 @@ class EdgeVectorStore:
         offset: int = 0,
         with_vectors: bool = False,
     ) -> list[ScoredPoint]:
-        self._check_page(limit, offset)
+        check_page(limit, offset)
         flt = edge_filter(filters)
         with self._use(collection) as coll:
             values = vector_values(vector, vector_name, self._vector_dim(coll, vector_name))
@@ -475,7 +452,7 @@ class EdgeVectorStore:
                 with_payload=True,
                 with_vector=with_vectors,
             )
-            return self._scored(coll.shard.query(request), with_vectors)
+            return scored_points(coll.shard.query(request), with_vectors)
 
     def search_hybrid(
         self,
@@ -485,36 +462,9 @@ class EdgeVectorStore:
         limit: int,
         offset: int = 0,
     ) -> list[ScoredPoint]:
-        self._check_page(limit, offset)
-        if not queries:
-            raise InvalidInput("hybrid search needs at least one query vector")
-        flt = edge_filter(filters)
-        # Each list must reach deeper than the page, or fusion could not promote a point
-        # that ranks well in one list and only moderately in another.
-        depth = max(100, 2 * (limit + offset))
-        with self._use(collection) as coll:
-            params = self._params(coll)
-            prefetches = [
-                qe.Prefetch(
-                    limit=depth,
-                    query=qe.Query.Nearest(
-                        vector_values(vec, name, self._vector_dim(coll, name)), using=name
-                    ),
-                    filter=flt,
-                    params=params,
-                )
-                for name, vec in queries.items()
-            ]
-            request = qe.QueryRequest(
-                limit=limit,
-                offset=offset,
-                query=qe.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]
-                prefetches=prefetches,
-                filter=flt,
-                with_payload=True,
-                with_vector=False,
-            )
-            return self._scored(coll.shard.query(request), False)
+        check_page(limit, offset)
+        return self._fused(collection, hybrid_prefetches(queries, limit, offset), filters,
+                           limit, offset, None)
 
     def search_fused(
         self,
@@ -524,7 +474,12 @@ class EdgeVectorStore:
         limit: int,
         with_vectors: list[str] | None = None,
     ) -> list[ScoredPoint]:
-        self._check_page(limit, 0)
+        check_page(limit, 0)
+        return self._fused(collection, prefetches, filters, limit, 0, with_vectors)
+
+    def _fused(self, collection: str, prefetches: list[Prefetch], filters: Filters,
+               limit: int, offset: int, with_vectors: list[str] | None) -> list[ScoredPoint]:
+        """Reciprocal rank fusion of the prefetches inside the shard, in one query."""
         flt = edge_filter(filters)
         with self._use(collection) as coll:
             check_prefetches(prefetches, coll.spec.vectors, coll.spec.sparse_vectors)
@@ -542,13 +497,14 @@ class EdgeVectorStore:
                     query, using=pf.name), filter=flt, params=params))
             request = qe.QueryRequest(
                 limit=limit,
+                offset=offset,
                 query=qe.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]
                 prefetches=stages,
                 filter=flt,
                 with_payload=True,
                 with_vector=list(with_vectors) if with_vectors else False,
             )
-            return self._scored(coll.shard.query(request), bool(with_vectors))
+            return scored_points(coll.shard.query(request), bool(with_vectors))
 
     def _scroll(
         self,
@@ -609,7 +565,7 @@ class EdgeVectorStore:
 
     def scroll_page(self, collection: str, offset: str | None, limit: int
                     ) -> tuple[list[tuple[str, PointPayload]], str | None]:
-        self._check_page(limit, 0)
+        check_page(limit, 0)
         with self._use(collection) as coll:
             records, after = coll.shard.scroll(
                 qe.ScrollRequest(offset=offset, limit=limit, with_payload=True,

@@ -37,8 +37,11 @@ from backend.stores.vectors.base import (
     ScoredPoint,
     SparseVector,
     VectorPoint,
+    check_page,
     check_prefetches,
+    hybrid_prefetches,
     patch_values,
+    scored_points,
     sparse_values,
     vector_values,
 )
@@ -182,32 +185,6 @@ class QdrantServerStore:
             hnsw_ef=self._hnsw_ef,
             quantization=models.QuantizationSearchParams(rescore=True, oversampling=2.0),
         )
-
-    @staticmethod
-    def _check_page(limit: int, offset: int) -> None:
-        if limit < 1:
-            raise InvalidInput(f"limit must be at least 1, got {limit}")
-        if offset < 0:
-            raise InvalidInput(f"offset must not be negative, got {offset}")
-
-    @staticmethod
-    def _scored(points: list[models.ScoredPoint], with_vectors: bool) -> list[ScoredPoint]:
-        out = []
-        for p in points:
-            vectors: dict[str, np.ndarray] = {}
-            if with_vectors and isinstance(p.vector, dict):
-                # Dense vectors only: a sparse one (visual words) is not an array.
-                vectors = {k: np.asarray(v, dtype=np.float32) for k, v in p.vector.items()
-                           if isinstance(v, list)}
-            out.append(
-                ScoredPoint(
-                    id=str(p.id),
-                    score=float(p.score),
-                    payload=PointPayload.from_dict(dict(p.payload or {})),
-                    vectors=vectors,
-                )
-            )
-        return out
 
     def _scroll(
         self,
@@ -386,7 +363,7 @@ class QdrantServerStore:
         offset: int = 0,
         with_vectors: bool = False,
     ) -> list[ScoredPoint]:
-        self._check_page(limit, offset)
+        check_page(limit, offset)
         values = vector_values(vector, vector_name)
         flt = server_filter(filters)
         with self._call(collection):
@@ -401,7 +378,7 @@ class QdrantServerStore:
                 with_payload=True,
                 with_vectors=with_vectors,
             )
-        return self._scored(response.points, with_vectors)
+        return scored_points(response.points, with_vectors)
 
     def search_hybrid(
         self,
@@ -411,33 +388,9 @@ class QdrantServerStore:
         limit: int,
         offset: int = 0,
     ) -> list[ScoredPoint]:
-        self._check_page(limit, offset)
-        if not queries:
-            raise InvalidInput("hybrid search needs at least one query vector")
-        flt = server_filter(filters)
-        # Each list must reach deeper than the page, or fusion could not promote a point
-        # that ranks well in one list and only moderately in another.
-        depth = max(100, 2 * (limit + offset))
-        params = self._search_params()
-        prefetch = [
-            models.Prefetch(
-                query=vector_values(vec, name), using=name, filter=flt, limit=depth, params=params
-            )
-            for name, vec in queries.items()
-        ]
-        with self._call(collection):
-            response = self._client.query_points(
-                collection_name=collection,
-                prefetch=prefetch,
-                # RrfQuery rather than FusionQuery(RRF): the same k on every backend.
-                query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
-                query_filter=flt,
-                limit=limit,
-                offset=offset,
-                with_payload=True,
-                with_vectors=False,
-            )
-        return self._scored(response.points, False)
+        check_page(limit, offset)
+        return self._fused(collection, hybrid_prefetches(queries, limit, offset), filters,
+                           limit, offset, None)
 
     def search_fused(
         self,
@@ -447,7 +400,12 @@ class QdrantServerStore:
         limit: int,
         with_vectors: list[str] | None = None,
     ) -> list[ScoredPoint]:
-        self._check_page(limit, 0)
+        check_page(limit, 0)
+        return self._fused(collection, prefetches, filters, limit, 0, with_vectors)
+
+    def _fused(self, collection: str, prefetches: list[Prefetch], filters: Filters,
+               limit: int, offset: int, with_vectors: list[str] | None) -> list[ScoredPoint]:
+        """Reciprocal rank fusion of the prefetches on the server, in one query."""
         flt = server_filter(filters)
         wanted = {pf.name for pf in prefetches} | set(with_vectors or [])
         dense, sparse = self._vector_names(collection, wanted)
@@ -471,13 +429,15 @@ class QdrantServerStore:
             response = self._client.query_points(
                 collection_name=collection,
                 prefetch=stages,
+                # RrfQuery rather than FusionQuery(RRF): the same k on every backend.
                 query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
                 query_filter=flt,
                 limit=limit,
+                offset=offset,
                 with_payload=True,
                 with_vectors=list(with_vectors) if with_vectors else False,
             )
-        return self._scored(response.points, bool(with_vectors))
+        return scored_points(response.points, bool(with_vectors))
 
     def get_vectors(
         self, collection: str, product_id: str, vector_name: str
@@ -514,7 +474,7 @@ class QdrantServerStore:
 
     def scroll_page(self, collection: str, offset: str | None, limit: int
                     ) -> tuple[list[tuple[str, PointPayload]], str | None]:
-        self._check_page(limit, 0)
+        check_page(limit, 0)
         with self._call(collection):
             records, after = self._client.scroll(
                 collection_name=collection, limit=limit, offset=offset,
