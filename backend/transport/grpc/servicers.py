@@ -12,12 +12,13 @@ from typing import Any, TypeVar
 import grpc
 
 from backend.domain.catalog import CatalogService
+from backend.domain.lookup import ProductLookup
 from backend.domain.match import MatchService
 from backend.domain.ports import ProductReader
 from backend.domain.restock import RestockService
 from backend.domain.search import SearchService
 from backend.domain.types import Product
-from backend.errors import InvalidInput, NotFound, shown
+from backend.errors import InvalidInput
 from backend.security import current as current_principal
 from backend.transport.grpc import convert
 from backend.transport.grpc.errors import status_for
@@ -67,7 +68,7 @@ class ProductSearchServicer(rpc.ProductSearchServicer):
         restock: RestockService,
     ) -> None:
         self._search = search
-        self._catalog = catalog
+        self._products = ProductLookup(catalog)
         self._match = match
         self._restock = restock
 
@@ -96,21 +97,7 @@ class ProductSearchServicer(rpc.ProductSearchServicer):
     async def GetProduct(
         self, request: pb.GetProductRequest, context: grpc.aio.ServicerContext
     ) -> pb.Product:
-        if request.product_id:
-            product = await asyncio.to_thread(self._catalog.get_product, request.product_id)
-        elif request.sku and request.merchant:
-            found = await asyncio.to_thread(
-                self._catalog.find_by_sku, request.merchant, request.sku
-            )
-            if found is None:
-                raise NotFound(f"no product with sku {shown(request.sku)} "
-                               f"for {shown(request.merchant)}")
-            product = found
-        else:
-            raise InvalidInput("give product_id, or sku and merchant")
-        if not current_principal().can_see(product):
-            # Not PERMISSION_DENIED: another merchant's unlisted product does not exist here.
-            raise NotFound("product not found")
+        product = await self._products.get(request.product_id, request.merchant, request.sku)
         return _product_pb(product)
 
     @mapped_errors
