@@ -335,6 +335,14 @@ def _client_call(render: Callable[[], str]) -> int:
     return 0
 
 
+_ALL_FACETS = ["category", "size", "material", "colour", "brand", "merchant", "price"]
+
+
+def _facet_keys(given: list[str]) -> list[str]:
+    keys = [f.strip() for f in ",".join(given).split(",") if f.strip()]
+    return _ALL_FACETS if "all" in keys else keys
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from backend.transport.grpc import client
 
@@ -350,6 +358,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             in_stock=args.in_stock,
             top_k=args.top_k,
             diversify=args.diversify,
+            explain=args.explain,
+            facets=_facet_keys(args.facets),
         )
         response = client.search(args.addr or client.default_addr(), request, args.timeout)
         return client.search_json(response) if args.json else client.search_table(response)
@@ -486,6 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-stock", action="store_true")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--diversify", action="store_true", help="diverse results (MMR)")
+    p.add_argument("--explain", action="store_true",
+                   help="print each hit's score parts (dense text, lexical, exact, ranks)")
+    p.add_argument("--facets", action="append", default=[], metavar="KEYS",
+                   help="facet counts: comma-separated category,size,material,colour,brand,"
+                        "merchant,price (or 'all'); repeatable")
     p.add_argument("--addr", help="server host:port (default 127.0.0.1:50051)")
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--json", action="store_true", help="print one JSON document")

@@ -94,6 +94,18 @@ class SearchSettings(BaseModel):
     # Shipped vocabulary / scorer (encoders/checkpoints) unless a file is given.
     vocabulary_file: str = ""
     scorer_file: str = ""
+    # Text queries: the dense text vector and the lexical one (BM25 terms) fused in the
+    # store: "rrf" (reciprocal ranks) or "dbsf" (normalised scores); README "Model quality"
+    # has both measured.
+    text_fusion: Literal["rrf", "dbsf"] = "rrf"
+    # Each list of a text query is this deep (at least the page's size).
+    text_depth: int = Field(200, ge=10, le=10_000)
+    # Facets count the products that pass the filters and either match every term of the
+    # query lexically or are among its first `facet_top_n` hits.
+    facet_top_n: int = Field(100, ge=1, le=1000)
+    # Price facet bands: [0, 10), [10, 25), ..., [500, inf).
+    facet_price_bands: list[float] = Field(default_factory=lambda: [0, 10, 25, 50, 100,
+                                                                    250, 500])
 
 
 class LimitsSettings(BaseModel):

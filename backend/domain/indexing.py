@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from PIL.Image import Image
 
+from backend.domain.lexical import LEXICAL, product_vector
 from backend.domain.payload import mutable_payload, product_payload
 from backend.domain.photo_index import WORDS, Described, PhotoIndex
 from backend.domain.ports import IndexedCatalog, OutboxItem, VectorEncoder
@@ -55,7 +56,8 @@ class DrainStats:
 
 def collection_spec(name: str, encoder: VectorEncoder, shards: int = 1, replicas: int = 1
                     ) -> CollectionSpec:
-    return CollectionSpec(name=name, vectors=dict(encoder.dims), sparse_vectors=[WORDS],
+    return CollectionSpec(name=name, vectors=dict(encoder.dims),
+                          sparse_vectors=[WORDS, LEXICAL],
                           shards=shards, replicas=replicas)
 
 
@@ -241,11 +243,13 @@ class Indexer:
                 owners.append((product, -1))
         encoded = self._encoder.encode_many(images, texts)
         described = self._describe_images(images)
+        lexical = {p.product_id: product_vector(p) for p in products}
         points = [
             VectorPoint(
                 id=point_id(product.product_id, position, version),
                 vectors=vectors,
                 payload=product_payload(product, position, version),
+                sparse={LEXICAL: sparse} if (sparse := lexical[product.product_id]) else {},
             )
             for (product, position), vectors in zip(owners, encoded, strict=True)
         ]

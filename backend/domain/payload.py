@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from backend.domain.lexical import document_terms, product_fields, title_key
 from backend.domain.product_rules import category_key
 from backend.domain.tenants import fold_name
+from backend.domain.text_terms import sku_key
 from backend.domain.types import Filters, Product
 from backend.domain.vectors import PointPayload, category_prefixes
 
@@ -30,6 +32,11 @@ def product_payload(product: Product, position: int, model_version: str) -> Poin
         price=float(product.price),
         in_stock=product.in_stock,
         listed=product.listed,
+        sku_key=sku_key(product.sku),
+        title_key=title_key(product.title),
+        terms=document_terms(product_fields(product)),
+        # The first image's point, or the text-only one (-1, written when no image loads).
+        primary=position == -1 or position == min(ref.position for ref in product.images),
     )
 
 

@@ -24,8 +24,9 @@ from backend.domain.photo_search import (
 )
 from backend.domain.ports import IndexedCatalog, VectorEncoder
 from backend.domain.product_rules import check_price_range
+from backend.domain.text_search import count_facets, explain_parts, search_text
 from backend.domain.types import Filters, SearchHit, SearchResult
-from backend.domain.vectors import ScoredPoint, VectorStore
+from backend.domain.vectors import FACET_KEYS, FacetCounts, ScoredPoint, VectorStore
 from backend.errors import InvalidInput, NotFound, NotReady, shown
 from backend.security import Role
 from backend.security import current as current_principal
@@ -49,6 +50,8 @@ class SearchQuery:
     page_token: str = ""
     diversify: bool = False
     min_catalog_version: int = 0
+    explain: bool = False  # each hit carries the parts of its score
+    facets: list[str] = field(default_factory=list)  # FACET_KEYS and "price"
 
 
 def encode_page_token(offset: int) -> str:
@@ -121,19 +124,27 @@ class SearchService:
         collection = await asyncio.to_thread(self._vectors.resolve, self._collection)
         if query.image and self._photo is not None and not query.diversify:
             hits, more = await self._search_photo(query, filters, collection, offset, top_k)
+            facets = await self._facets(query, filters, collection,
+                                        [h.product.product_id for h in hits])
             return SearchResult(
                 hits=[h for h in hits if principal.can_see(h.product)],
                 next_page_token=encode_page_token(offset + top_k) if more else "",
                 model_version=self._encoder.model_version,
                 catalog_version=reflected,
+                facets=facets,
             )
         limit = (offset + top_k) * _GROUP_OVERFETCH
+        if query.facets:
+            # The facets' "top N hits" come from the same ranking as the page.
+            limit = max(limit, self._settings.facet_top_n * _GROUP_OVERFETCH)
         if query.diversify:
             # Always the same candidate pool, whatever the page: MMR picks greedily, so every
             # page is then a slice of one ranking (no repeats or gaps between pages).
             limit = max(limit, _MMR_POOL * self._settings.max_diversify_window)
-        points, vector_name = await self._candidates(query, filters, collection, limit)
+        points, vector_name, dense = await self._candidates(query, filters, collection, limit)
         ranked = await asyncio.to_thread(_best_per_product, points)
+        facets = await self._facets(query, filters, collection,
+                                    [p.payload.product_id for p in ranked])
         available = len(ranked)  # MMR returns only offset + top_k: count before it
         if query.diversify and vector_name:
             ranked = await _diversify(ranked, vector_name, offset + top_k)
@@ -141,11 +152,19 @@ class SearchService:
         products = await asyncio.to_thread(
             self._catalog.get_products, [p.payload.product_id for p in page]
         )
+        parts: dict[str, dict[str, float]] = {}
+        if query.explain and dense is not None:
+            parts = await asyncio.to_thread(
+                explain_parts, self._vectors, collection, query.text.strip(), dense, filters,
+                page, max(self._settings.text_depth, limit))
+            for i, p in enumerate(page):
+                parts[p.id]["fused_rank"] = float(offset + i)
         hits = [
             SearchHit(
                 product=products[p.payload.product_id],
                 score=p.score,
                 matched_image=p.payload.position if vector_name != "text" else -1,
+                parts=parts.get(p.id, {}),
             )
             for p in page
             # can_see: a listing change still in the outbox must not leak either.
@@ -158,7 +177,16 @@ class SearchService:
             next_page_token=encode_page_token(offset + top_k) if more else "",
             model_version=self._encoder.model_version,
             catalog_version=reflected,
+            facets=facets,
         )
+
+    async def _facets(self, query: SearchQuery, filters: Filters, collection: str,
+                      ranked_ids: list[str]) -> FacetCounts:
+        if not query.facets:
+            return {}
+        return await asyncio.to_thread(
+            count_facets, self._vectors, collection, query.text.strip(), filters,
+            ranked_ids, list(query.facets), self._settings)
 
     def _check_window(self, offset: int, top_k: int, diversify: bool) -> None:
         """Bound the work one request can cause: results are ranked from the top each time,
@@ -191,11 +219,17 @@ class SearchService:
         if not 1 <= top_k <= self._settings.max_top_k:
             raise InvalidInput(f"top_k must be between 1 and {self._settings.max_top_k}")
         validate_filters(query.filters)
+        unknown = set(query.facets) - {*FACET_KEYS, "price"}
+        if unknown:
+            raise InvalidInput(f"unknown facets {sorted(unknown)}; ask for any of "
+                               f"{[*FACET_KEYS, 'price']}")
         return top_k
 
     async def _candidates(
         self, query: SearchQuery, filters: Filters, collection: str, limit: int
-    ) -> tuple[list[ScoredPoint], str]:
+    ) -> tuple[list[ScoredPoint], str, np.ndarray | None]:
+        """Candidate points, the vector name they were ranked by ("" for fused photo+text)
+        and the dense text vector of a text-only query (None otherwise)."""
         with_vectors = query.diversify
         dims = self._encoder.dims
         if query.product_id:
@@ -210,7 +244,7 @@ class SearchService:
             points = await asyncio.to_thread(
                 self._vectors.search, collection, name, vector, filters, limit, 0, with_vectors
             )
-            return points, name
+            return points, name, None
 
         views: list[Image] = []
         if query.image:
@@ -232,6 +266,14 @@ class SearchService:
                 return "fused"
             return "hybrid" if "text" in vectors else "image"
 
+        if text is not None and not views:
+            # Text alone: dense + lexical + exact SKU/title, fused in one store query.
+            dense = encoded[0]["text"]
+            points = await asyncio.to_thread(
+                search_text, self._vectors, collection, text, dense, filters, limit,
+                self._settings, with_vectors or query.explain)
+            return points, "text", dense
+
         def run(vectors: dict[str, np.ndarray]) -> list[ScoredPoint]:
             name = vector_for(vectors)
             if name == "hybrid":
@@ -244,7 +286,7 @@ class SearchService:
 
         results = await asyncio.gather(*(asyncio.to_thread(run, v) for v in encoded))
         name = vector_for(encoded[0])
-        return _best_per_point(results), "" if name == "hybrid" else name
+        return _best_per_point(results), "" if name == "hybrid" else name, None
 
     async def _search_photo(self, query: SearchQuery, filters: Filters, collection: str,
                             offset: int, top_k: int) -> tuple[list[SearchHit], bool]:

@@ -122,7 +122,9 @@ class SearchHit:
     score: float
     matched_image: int  # image position, -1 when only the text vector matched
     box: tuple[int, int, int, int] | None = None  # where a photo query found it (x0, y0, x1, y1)
-    parts: dict[str, float] = field(default_factory=dict)  # signals a photo score came from
+    # The signals the score came from: a photo query's (inliers, fused_rank, ...), or with
+    # explain a text query's (dense_text, lexical, exact, fused_rank).
+    parts: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,3 +133,6 @@ class SearchResult:
     next_page_token: str
     model_version: str
     catalog_version: int
+    # Facet key -> [(value, count)], when asked for (category: one entry per path prefix,
+    # i.e. every level; price: one per band, in band order).
+    facets: dict[str, list[tuple[str, int]]] = field(default_factory=dict)

@@ -17,6 +17,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from backend.domain.types import Filters
+from backend.errors import InvalidInput
 
 # Namespace for deterministic point ids: the same product image under the same model
 # version always maps to the same id, so re-indexing is idempotent.
@@ -55,13 +56,22 @@ class PointPayload:
     price: float
     in_stock: bool
     listed: bool
+    # Text search: exact-match keys (normalised SKU and title), the product's distinct
+    # lexical terms (facets count the products matching a query's terms), and whether this
+    # is the product's first point (facets count products, not images). Points written
+    # before these existed read as the defaults until they are indexed again.
+    sku_key: str = ""
+    title_key: str = ""
+    terms: list[str] = field(default_factory=list)
+    primary: bool = True
 
     def to_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> PointPayload:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__  # type: ignore[arg-type]
+                      if k in data})
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,68 @@ class Prefetch:
     name: str
     vector: np.ndarray | SparseVector
     depth: int = 100
+    # Only points matching these keys as well as the query's filter: payload field ->
+    # accepted values, any field (e.g. an exact SKU or an exact title).
+    any_of: dict[str, tuple[str, ...]] | None = None
+
+
+# "none": a single list, returned with its own scores (cosine, or the sparse dot product).
+FUSIONS = ("rrf", "dbsf", "none")
+
+
+# Added to the fused score of a boosted point (`search_fused(boost=...)`): more than any
+# fused score reaches (RRF: at most one 1/RRF_K per list; DBSF: at most 1 per list).
+BOOST = 1000.0
+
+
+def check_fusion(fusion: str, prefetches: list[Prefetch],
+                 boost: dict[str, tuple[str, ...]] | None = None) -> None:
+    if fusion not in FUSIONS:
+        raise InvalidInput(f"unknown fusion {fusion!r}; use one of {FUSIONS}")
+    if fusion == "none" and len(prefetches) != 1:
+        raise InvalidInput("fusion 'none' takes exactly one prefetch")
+    if boost is not None and (fusion == "none" or not any(boost.values())):
+        raise InvalidInput("a boost needs a fusion and at least one value")
+
+
+# Payload fields facets can count (besides price, counted in bands).
+FACET_KEYS = ("category", "size", "material", "colour", "brand", "merchant")
+
+
+@dataclass
+class FacetQuery:
+    """Counts per value of `keys` over one point per product (`primary`) that passes
+    `filters` and either has all of `all_terms` in its `terms` payload or is one of
+    `product_ids`; price counted per band [low, high) (None: open)."""
+
+    filters: Filters
+    all_terms: list[str]
+    product_ids: list[str]
+    keys: list[str]
+    limit: int = 20
+    price_bands: list[tuple[float | None, float | None]] = field(default_factory=list)
+
+
+# key -> [(value, count)], most frequent first; "price" -> [(band label, count)] in band order.
+FacetCounts = dict[str, list[tuple[str, int]]]
+
+
+def check_facet_query(query: FacetQuery) -> None:
+    unknown = set(query.keys) - set(FACET_KEYS)
+    if unknown:
+        raise InvalidInput(f"cannot count facets of {sorted(unknown)}; use {FACET_KEYS}")
+    if not 1 <= query.limit <= 1000:
+        raise InvalidInput(f"facet limit must be between 1 and 1000, got {query.limit}")
+
+
+def price_band_label(low: float | None, high: float | None) -> str:
+    def fmt(v: float) -> str:
+        return f"{v:g}"
+    if low is None and high is None:
+        return "*"
+    if high is None:
+        return f"{fmt(low or 0)}+"
+    return f"{fmt(low or 0)}-{fmt(high)}"
 
 
 @dataclass
@@ -120,8 +192,9 @@ class PayloadPatch:
     values: dict[str, object]
 
 
-# Fields that identify a point; a payload patch must never change them.
-IDENTITY_FIELDS = frozenset({"product_id", "position", "model_version"})
+# Fields that identify a point (or follow from its position); a payload patch must never
+# change them.
+IDENTITY_FIELDS = frozenset({"product_id", "position", "model_version", "primary"})
 
 
 @runtime_checkable
@@ -178,11 +251,21 @@ class VectorStore(Protocol):
         filters: Filters,
         limit: int,
         with_vectors: list[str] | None = None,
+        fusion: str = "rrf",
+        boost: dict[str, tuple[str, ...]] | None = None,
     ) -> list[ScoredPoint]:
         """Several candidate lists (dense or sparse, several per vector name allowed, e.g. one
-        per view of a photo) fused by reciprocal rank fusion (RRF_K) inside the store in one
-        call. The filter applies inside every prefetch; scores are fused ranks.
+        per view of a photo) fused inside the store in one call: by reciprocal rank fusion
+        (`rrf`: RRF_K, each list's reciprocal ranks times its weight) or by distribution-based
+        score fusion (`dbsf`: scores normalised per list, then summed), or one list with its
+        own scores (`none`: cosine, or the IDF-weighted dot product). The filter applies
+        inside every prefetch, and a prefetch's `any_of` on top of it; scores are fused.
+        `boost` (payload field -> values, any field): candidates matching it get BOOST added
+        to their fused score, so they rank first (an exact SKU or title).
         `with_vectors` names dense vectors to return with each point."""
+
+    def facets(self, collection: str, query: FacetQuery) -> FacetCounts:
+        """Counts per value of each facet key (exact), and per price band."""
 
     def get_vectors(
         self, collection: str, product_id: str, vector_name: str

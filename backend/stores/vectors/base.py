@@ -9,9 +9,14 @@ from typing import Any
 import numpy as np
 
 from backend.domain.vectors import (
+    BOOST,
+    FACET_KEYS,
+    FUSIONS,
     IDENTITY_FIELDS,
     RRF_K,
     CollectionSpec,
+    FacetCounts,
+    FacetQuery,
     PayloadPatch,
     PointPayload,
     Prefetch,
@@ -20,14 +25,22 @@ from backend.domain.vectors import (
     VectorPoint,
     VectorStore,
     category_prefixes,
+    check_facet_query,
+    check_fusion,
     point_id,
+    price_band_label,
 )
 from backend.errors import InvalidInput
 
 __all__ = [
+    "BOOST",
+    "FACET_KEYS",
+    "FUSIONS",
     "IDENTITY_FIELDS",
     "RRF_K",
     "CollectionSpec",
+    "FacetCounts",
+    "FacetQuery",
     "PayloadPatch",
     "PointPayload",
     "Prefetch",
@@ -36,11 +49,14 @@ __all__ = [
     "VectorPoint",
     "VectorStore",
     "category_prefixes",
+    "check_facet_query",
+    "check_fusion",
     "check_page",
     "check_prefetches",
     "hybrid_prefetches",
     "patch_values",
     "point_id",
+    "price_band_label",
     "scored_points",
     "sparse_values",
     "vector_values",

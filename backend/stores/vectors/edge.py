@@ -39,28 +39,40 @@ import qdrant_edge as qe
 from backend.domain.types import Filters
 from backend.errors import ConfigError, InvalidInput, NotReady, StoreBusy
 from backend.stores.vectors.base import (
+    BOOST,
     RRF_K,
     CollectionSpec,
+    FacetCounts,
+    FacetQuery,
     PayloadPatch,
     PointPayload,
     Prefetch,
     ScoredPoint,
     SparseVector,
     VectorPoint,
+    check_facet_query,
+    check_fusion,
     check_page,
     check_prefetches,
     hybrid_prefetches,
     patch_values,
+    price_band_label,
     scored_points,
     sparse_values,
     vector_values,
 )
 from backend.stores.vectors.filters import (
     PAYLOAD_INDEXES,
+    FilterSpec,
     IndexKind,
+    Range,
     edge_filter,
+    edge_tree,
+    facet_spec,
+    filter_spec,
     products_spec,
     to_edge,
+    with_any_of,
 )
 
 log = logging.getLogger(__name__)
@@ -473,14 +485,20 @@ class EdgeVectorStore:
         filters: Filters,
         limit: int,
         with_vectors: list[str] | None = None,
+        fusion: str = "rrf",
+        boost: dict[str, tuple[str, ...]] | None = None,
     ) -> list[ScoredPoint]:
         check_page(limit, 0)
-        return self._fused(collection, prefetches, filters, limit, 0, with_vectors)
+        return self._fused(collection, prefetches, filters, limit, 0, with_vectors, fusion,
+                           boost)
 
     def _fused(self, collection: str, prefetches: list[Prefetch], filters: Filters,
-               limit: int, offset: int, with_vectors: list[str] | None) -> list[ScoredPoint]:
-        """Reciprocal rank fusion of the prefetches inside the shard, in one query."""
-        flt = edge_filter(filters)
+               limit: int, offset: int, with_vectors: list[str] | None, fusion: str = "rrf",
+               boost: dict[str, tuple[str, ...]] | None = None) -> list[ScoredPoint]:
+        """The prefetches fused inside the shard (see VectorStore.search_fused), one query."""
+        check_fusion(fusion, prefetches, boost)
+        base = filter_spec(filters)
+        flt = to_edge(base)
         with self._use(collection) as coll:
             check_prefetches(prefetches, coll.spec.vectors, coll.spec.sparse_vectors)
             for name in with_vectors or []:
@@ -493,18 +511,52 @@ class EdgeVectorStore:
                     query = qe.SparseVector(*sparse_values(pf.vector, pf.name))
                 else:
                     query = vector_values(pf.vector, pf.name, coll.spec.vectors[pf.name])
+                stage_filter = flt if pf.any_of is None else to_edge(with_any_of(base, pf.any_of))
                 stages.append(qe.Prefetch(limit=pf.depth, query=qe.Query.Nearest(
-                    query, using=pf.name), filter=flt, params=params))
+                    query, using=pf.name), filter=stage_filter, params=params))
+            method: Any = qe.Fusion.Dbsf() if fusion == "dbsf" else qe.Fusion.Rrf(k=RRF_K)
+            if fusion == "none":
+                only = stages[0]
+                method, stages, flt = only.query, [], only.filter
+            elif boost is not None:
+                # Fuse every candidate (the union is at most the sum of the depths), then
+                # add BOOST to those matching the boost keys.
+                matches = edge_tree(with_any_of(FilterSpec(), boost))
+                stages = [qe.Prefetch(limit=sum(pf.depth for pf in prefetches), query=method,
+                                      prefetches=stages, filter=flt)]
+                method = qe.Formula(qe.Expression.Sum([
+                    qe.Expression.Variable("$score"),
+                    qe.Expression.Mult([qe.Expression.Constant(BOOST),
+                                        qe.Expression.Condition(matches)])]))
             request = qe.QueryRequest(
                 limit=limit,
                 offset=offset,
-                query=qe.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]
-                prefetches=stages,
+                query=method,
+                prefetches=stages or None,
+                params=params if fusion == "none" else None,
                 filter=flt,
                 with_payload=True,
                 with_vector=list(with_vectors) if with_vectors else False,
             )
             return scored_points(coll.shard.query(request), bool(with_vectors))
+
+    def facets(self, collection: str, query: FacetQuery) -> FacetCounts:
+        check_facet_query(query)
+        spec = facet_spec(query.filters, query.all_terms, query.product_ids)
+        flt = to_edge(spec)
+        out: FacetCounts = {}
+        with self._use(collection) as coll:
+            for key in query.keys:
+                response = coll.shard.facet(qe.FacetRequest(key, limit=query.limit, exact=True,
+                                                             filter=flt))
+                out[key] = [(str(h.value), int(h.count)) for h in response.hits]
+            if query.price_bands:
+                out["price"] = []
+                for low, high in query.price_bands:
+                    band = to_edge(FilterSpec(must=[spec, Range("price", gte=low, lt=high)]))
+                    n = int(coll.shard.count(qe.CountRequest(exact=True, filter=band)))
+                    out["price"].append((price_band_label(low, high), n))
+        return out
 
     def _scroll(
         self,

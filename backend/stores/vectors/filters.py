@@ -17,6 +17,7 @@ from qdrant_client import models
 
 from backend.domain.product_rules import check_price_range
 from backend.domain.types import Filters
+from backend.errors import InvalidInput
 from backend.stores.vectors.base import category_prefixes
 
 
@@ -43,6 +44,11 @@ PAYLOAD_INDEXES: dict[str, IndexKind] = {
     "listed": IndexKind.BOOL,
     "model_version": IndexKind.KEYWORD,
     "catalog_version": IndexKind.INTEGER,
+    # Text search: exact SKU / title lookups and the terms facets match a query against.
+    "sku_key": IndexKind.KEYWORD,
+    "title_key": IndexKind.KEYWORD,
+    "terms": IndexKind.KEYWORD,
+    "primary": IndexKind.BOOL,
 }
 
 
@@ -62,7 +68,8 @@ class MatchBool:
 class Range:
     key: str
     gte: float | None
-    lte: float | None
+    lte: float | None = None
+    lt: float | None = None
 
 
 @dataclass
@@ -105,6 +112,36 @@ def filter_spec(filters: Filters) -> FilterSpec:
     return spec
 
 
+def with_any_of(spec: FilterSpec, any_of: dict[str, tuple[str, ...]] | None) -> FilterSpec:
+    """`spec` and at least one of the keys (field -> accepted values); `spec` if None."""
+    if not any_of:
+        return spec
+    either: list[Condition] = [MatchAny(k, tuple(v)) for k, v in any_of.items() if v]
+    if not either:
+        raise InvalidInput("an any_of restriction needs at least one value")
+    return FilterSpec(must=[*spec.must, FilterSpec(should=either)], must_not=spec.must_not,
+                      should=spec.should)
+
+
+def facet_spec(filters: Filters, all_terms: list[str], product_ids: list[str]) -> FilterSpec:
+    """The facet population: one point per product (`primary`) passing the filters that
+    either has every term in `all_terms` (none: no lexical match) or is one of
+    `product_ids` (the top hits)."""
+    base = filter_spec(filters)
+    either: list[Condition] = []
+    if all_terms:
+        either.append(FilterSpec(must=[MatchAny("terms", (t,)) for t in all_terms]))
+    if product_ids:
+        either.append(MatchAny("product_id", tuple(product_ids)))
+    must: list[Condition] = [*base.must, MatchBool("primary", True)]
+    if not either:
+        # Nothing matches: a condition no point meets (an empty id list).
+        must.append(MatchAny("product_id", ("",)))
+    else:
+        must.append(FilterSpec(should=either))
+    return FilterSpec(must=must, must_not=base.must_not, should=base.should)
+
+
 def products_spec(product_ids: list[str]) -> FilterSpec:
     return FilterSpec(must=[MatchAny("product_id", tuple(product_ids))])
 
@@ -114,7 +151,7 @@ def products_spec(product_ids: list[str]) -> FilterSpec:
 
 def _edge_condition(cond: Condition) -> qe.FieldCondition | qe.Filter:
     if isinstance(cond, FilterSpec):
-        return _edge_tree(cond)
+        return edge_tree(cond)
     if isinstance(cond, MatchAny):
         match: qe.MatchAny | qe.MatchValue = (
             qe.MatchValue(cond.values[0])
@@ -127,10 +164,11 @@ def _edge_condition(cond: Condition) -> qe.FieldCondition | qe.Filter:
         # boolean payload; numpy's bool is not an int subclass and arrives as a real bool.
         flag: bool = np.bool_(cond.value)  # type: ignore[assignment]
         return qe.FieldCondition(cond.key, match=qe.MatchValue(flag))
-    return qe.FieldCondition(cond.key, range=qe.RangeFloat(gte=cond.gte, lte=cond.lte))
+    return qe.FieldCondition(cond.key, range=qe.RangeFloat(gte=cond.gte, lte=cond.lte,
+                                                           lt=cond.lt))
 
 
-def _edge_tree(spec: FilterSpec) -> qe.Filter:
+def edge_tree(spec: FilterSpec) -> qe.Filter:
     def convert(conds: list[Condition]) -> list[qe.ConditionType] | None:
         return [_edge_condition(c) for c in conds] or None
 
@@ -140,7 +178,7 @@ def _edge_tree(spec: FilterSpec) -> qe.Filter:
 
 
 def to_edge(spec: FilterSpec) -> qe.Filter | None:
-    return None if spec.is_empty() else _edge_tree(spec)
+    return None if spec.is_empty() else edge_tree(spec)
 
 
 def edge_filter(filters: Filters | None) -> qe.Filter | None:
@@ -162,7 +200,8 @@ def _server_condition(cond: Condition) -> models.Condition:
         return models.FieldCondition(key=cond.key, match=match)
     if isinstance(cond, MatchBool):
         return models.FieldCondition(key=cond.key, match=models.MatchValue(value=cond.value))
-    return models.FieldCondition(key=cond.key, range=models.Range(gte=cond.gte, lte=cond.lte))
+    return models.FieldCondition(key=cond.key, range=models.Range(gte=cond.gte, lte=cond.lte,
+                                                                 lt=cond.lt))
 
 
 def _server_tree(spec: FilterSpec) -> models.Filter:

@@ -29,28 +29,39 @@ from qdrant_client.http.exceptions import UnexpectedResponse
 from backend.domain.types import Filters
 from backend.errors import ConfigError, InvalidInput, NotReady
 from backend.stores.vectors.base import (
+    BOOST,
     RRF_K,
     CollectionSpec,
+    FacetCounts,
+    FacetQuery,
     PayloadPatch,
     PointPayload,
     Prefetch,
     ScoredPoint,
     SparseVector,
     VectorPoint,
+    check_facet_query,
+    check_fusion,
     check_page,
     check_prefetches,
     hybrid_prefetches,
     patch_values,
+    price_band_label,
     scored_points,
     sparse_values,
     vector_values,
 )
 from backend.stores.vectors.filters import (
     PAYLOAD_INDEXES,
+    FilterSpec,
     IndexKind,
+    Range,
+    facet_spec,
+    filter_spec,
     products_spec,
     server_filter,
     to_server,
+    with_any_of,
 )
 
 log = logging.getLogger(__name__)
@@ -399,14 +410,20 @@ class QdrantServerStore:
         filters: Filters,
         limit: int,
         with_vectors: list[str] | None = None,
+        fusion: str = "rrf",
+        boost: dict[str, tuple[str, ...]] | None = None,
     ) -> list[ScoredPoint]:
         check_page(limit, 0)
-        return self._fused(collection, prefetches, filters, limit, 0, with_vectors)
+        return self._fused(collection, prefetches, filters, limit, 0, with_vectors, fusion,
+                           boost)
 
     def _fused(self, collection: str, prefetches: list[Prefetch], filters: Filters,
-               limit: int, offset: int, with_vectors: list[str] | None) -> list[ScoredPoint]:
-        """Reciprocal rank fusion of the prefetches on the server, in one query."""
-        flt = server_filter(filters)
+               limit: int, offset: int, with_vectors: list[str] | None, fusion: str = "rrf",
+               boost: dict[str, tuple[str, ...]] | None = None) -> list[ScoredPoint]:
+        """The prefetches fused on the server (see VectorStore.search_fused), one query."""
+        check_fusion(fusion, prefetches, boost)
+        base = filter_spec(filters)
+        flt = to_server(base)
         wanted = {pf.name for pf in prefetches} | set(with_vectors or [])
         dense, sparse = self._vector_names(collection, wanted)
         check_prefetches(prefetches, dense, sparse)
@@ -423,21 +440,56 @@ class QdrantServerStore:
                 query = models.SparseVector(indices=indices, values=values)
             else:
                 query = vector_values(pf.vector, pf.name)
-            stages.append(models.Prefetch(query=query, using=pf.name, filter=flt,
+            stage_filter = flt if pf.any_of is None else to_server(with_any_of(base, pf.any_of))
+            stages.append(models.Prefetch(query=query, using=pf.name, filter=stage_filter,
                                           limit=pf.depth, params=params))
+        method: Any = (models.FusionQuery(fusion=models.Fusion.DBSF) if fusion == "dbsf"
+                       else models.RrfQuery(rrf=models.Rrf(k=RRF_K)))
+        using: str | None = None
+        if fusion == "none":
+            only = stages[0]
+            method, using, flt, stages = only.query, only.using, only.filter, []
+        elif boost is not None:
+            # Fuse every candidate (the union is at most the sum of the depths), then add
+            # BOOST to those matching the boost keys.
+            matches = to_server(with_any_of(FilterSpec(), boost))
+            stages = [models.Prefetch(prefetch=stages, query=method, filter=flt,
+                                      limit=sum(pf.depth for pf in prefetches))]
+            method = models.FormulaQuery(formula=models.SumExpression(sum=[
+                "$score", models.MultExpression(mult=[BOOST, matches])]))
         with self._call(collection):
             response = self._client.query_points(
                 collection_name=collection,
-                prefetch=stages,
-                # RrfQuery rather than FusionQuery(RRF): the same k on every backend.
-                query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
+                prefetch=stages or None,
+                query=method,
+                using=using,
                 query_filter=flt,
+                search_params=params if fusion == "none" else None,
                 limit=limit,
                 offset=offset,
                 with_payload=True,
                 with_vectors=list(with_vectors) if with_vectors else False,
             )
         return scored_points(response.points, bool(with_vectors))
+
+    def facets(self, collection: str, query: FacetQuery) -> FacetCounts:
+        check_facet_query(query)
+        spec = facet_spec(query.filters, query.all_terms, query.product_ids)
+        flt = to_server(spec)
+        out: FacetCounts = {}
+        with self._call(collection):
+            for key in query.keys:
+                response = self._client.facet(collection_name=collection, key=key,
+                                              facet_filter=flt, limit=query.limit, exact=True)
+                out[key] = [(str(h.value), int(h.count)) for h in response.hits]
+            if query.price_bands:
+                out["price"] = []
+                for low, high in query.price_bands:
+                    band = to_server(FilterSpec(must=[spec, Range("price", gte=low, lt=high)]))
+                    n = self._client.count(collection_name=collection, count_filter=band,
+                                           exact=True).count
+                    out["price"].append((price_band_label(low, high), int(n)))
+        return out
 
     def get_vectors(
         self, collection: str, product_id: str, vector_name: str

@@ -65,6 +65,8 @@ def build_search_request(
     in_stock: bool = False,
     top_k: int = 10,
     diversify: bool = False,
+    explain: bool = False,
+    facets: Sequence[str] = (),
 ) -> pb.SearchRequest:
     price = pb.PriceRange()
     if min_price is not None:
@@ -80,6 +82,8 @@ def build_search_request(
         ),
         top_k=top_k,
         diversify=diversify,
+        explain=explain,
+        facets=list(facets),
     )
 
 
@@ -125,10 +129,20 @@ def search_json(response: pb.SearchResponse) -> str:
             "next_page_token": response.next_page_token,
             "model_version": response.model_version,
             "catalog_version": response.catalog_version,
+            "facets": facets_summary(response),
         },
         ensure_ascii=False,
         indent=2,
     )
+
+
+def facets_summary(response: pb.SearchResponse) -> dict[str, list[dict[str, Any]]]:
+    return {f.key: [{"value": v.value, "count": v.count} for v in f.values]
+            for f in response.facets}
+
+
+def _parts_line(parts: dict[str, float]) -> str:
+    return "  ".join(f"{k}={v:g}" for k, v in parts.items())
 
 
 def search_table(response: pb.SearchResponse) -> str:
@@ -145,6 +159,11 @@ def search_table(response: pb.SearchResponse) -> str:
             f"{rank:>2}  {s['score']:>6.3f}  {s['sku']:<14.14} {box}{s['category']:<28.28} "
             f"{s['price']:>8.2f}  {s['title']} [{s['colour']}, {s['material']}, {s['size']}]"
         )
+        if s["score_parts"]:
+            lines.append(f"{'':>10}{_parts_line(s['score_parts'])}")
+    for key, values in facets_summary(response).items():
+        counts = ", ".join(f"{v['value']} ({v['count']})" for v in values) or "-"
+        lines.append(f"{key}: {counts}")
     return "\n".join(lines)
 
 

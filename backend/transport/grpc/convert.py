@@ -52,7 +52,14 @@ def search_query_from_pb(msg: pb.SearchRequest) -> SearchQuery:
         page_token=msg.page_token,
         diversify=msg.diversify,
         min_catalog_version=msg.min_catalog_version,
+        explain=msg.explain,
+        facets=list(dict.fromkeys(msg.facets)),
     )
+
+
+def facets_to_pb(facets: dict[str, list[tuple[str, int]]]) -> list[pb.Facet]:
+    return [pb.Facet(key=key, values=[pb.FacetValue(value=v, count=n) for v, n in values])
+            for key, values in facets.items()]
 
 
 def product_to_pb(product: d.Product) -> pb.Product:

@@ -91,6 +91,7 @@ class ProductSearchServicer(rpc.ProductSearchServicer):
             next_page_token=result.next_page_token,
             model_version=result.model_version,
             catalog_version=result.catalog_version,
+            facets=convert.facets_to_pb(result.facets),
         )
 
     @mapped_errors

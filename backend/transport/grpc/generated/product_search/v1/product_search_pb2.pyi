@@ -345,6 +345,8 @@ class SearchRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     DIVERSIFY_FIELD_NUMBER: _builtins.int
     MIN_CATALOG_VERSION_FIELD_NUMBER: _builtins.int
+    EXPLAIN_FIELD_NUMBER: _builtins.int
+    FACETS_FIELD_NUMBER: _builtins.int
     image: _builtins.bytes
     """query photo (any common format)"""
     text: _builtins.str
@@ -359,8 +361,18 @@ class SearchRequest(_message.Message):
     """maximal marginal relevance over the candidates"""
     min_catalog_version: _builtins.int
     """read-your-writes: results reflect at least this version"""
+    explain: _builtins.bool
+    """each hit carries the parts of its score in score_parts"""
     @_builtins.property
     def filters(self) -> Global___Filters: ...
+    @_builtins.property
+    def facets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Facet counts to return: any of "category" (every level of the path), "size",
+        "material", "colour", "brand", "merchant", "price" (bands). Counted over the products
+        that pass the filters and match every query term lexically or are among the first
+        SEARCH__FACET_TOP_N hits.
+        """
+
     def __init__(
         self,
         *,
@@ -372,10 +384,12 @@ class SearchRequest(_message.Message):
         page_token: _builtins.str = ...,
         diversify: _builtins.bool = ...,
         min_catalog_version: _builtins.int = ...,
+        explain: _builtins.bool = ...,
+        facets: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filters", b"filters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["diversify", b"diversify", "filters", b"filters", "image", b"image", "min_catalog_version", b"min_catalog_version", "page_token", b"page_token", "product_id", b"product_id", "text", b"text", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["diversify", b"diversify", "explain", b"explain", "facets", b"facets", "filters", b"filters", "image", b"image", "min_catalog_version", b"min_catalog_version", "page_token", b"page_token", "product_id", b"product_id", "text", b"text", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -444,6 +458,55 @@ class SearchHit(_message.Message):
 Global___SearchHit: _TypeAlias = SearchHit  # noqa: Y015
 
 @_typing.final
+class FacetValue(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    value: _builtins.str
+    """a keyword value, a category path prefix, or a price band "10-25" """
+    count: _builtins.int
+    """products (not images)"""
+    def __init__(
+        self,
+        *,
+        value: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FacetValue: _TypeAlias = FacetValue  # noqa: Y015
+
+@_typing.final
+class Facet(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    @_builtins.property
+    def values(self) -> _containers.RepeatedCompositeFieldContainer[Global___FacetValue]:
+        """most frequent first; price bands in price order"""
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        values: _abc.Iterable[Global___FacetValue] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Facet: _TypeAlias = Facet  # noqa: Y015
+
+@_typing.final
 class SearchResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -451,11 +514,16 @@ class SearchResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     CATALOG_VERSION_FIELD_NUMBER: _builtins.int
+    FACETS_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     model_version: _builtins.str
     catalog_version: _builtins.int
     @_builtins.property
     def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchHit]: ...
+    @_builtins.property
+    def facets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Facet]:
+        """those asked for in SearchRequest.facets"""
+
     def __init__(
         self,
         *,
@@ -463,10 +531,11 @@ class SearchResponse(_message.Message):
         next_page_token: _builtins.str = ...,
         model_version: _builtins.str = ...,
         catalog_version: _builtins.int = ...,
+        facets: _abc.Iterable[Global___Facet] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_version", b"catalog_version", "hits", b"hits", "model_version", b"model_version", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_version", b"catalog_version", "facets", b"facets", "hits", b"hits", "model_version", b"model_version", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

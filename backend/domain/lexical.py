@@ -1,0 +1,225 @@
+"""The `lexical` sparse vector: BM25-style term weights of a product's text, and the query's
+terms, so that the vector store scores title, brand, SKU and attribute words (with its IDF
+modifier) beside the dense text vector, in the same query.
+
+Document side (computed here, per product): each field's terms, weighted by field (a title
+word says more than a description word), saturated by term frequency and normalised by
+length as BM25 does (k1, b; the average length is a constant, not a corpus statistic, so a
+product's vector never depends on the others'). The store multiplies by the term's IDF.
+
+Query side: each distinct term once, with weight 1.
+
+Attribute words are bilingual: a product whose colour is "red" also carries the concept
+term for red, and so does a query that says "red" or "红色"; likewise materials and sizes.
+So "红色" / "red", "棉" / "cotton", "XL" match lexically as the matching filter would.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from backend.domain.text_terms import HAN_RUN, exact_key, normalise, sku_key, terms
+from backend.domain.types import Product
+from backend.domain.vectors import SparseVector
+
+LEXICAL = "lexical"
+
+# BM25 constants: k1 how fast repeats saturate, b how much a long text is discounted;
+# AVG_TERMS is a typical product's weighted term count (title + attributes + a short
+# description), fixed so that one product's vector never depends on the rest of the catalog.
+K1 = 1.2
+B = 0.75
+AVG_TERMS = 40.0
+
+# How much one occurrence of a term counts, by the field it comes from.
+FIELD_WEIGHTS: dict[str, float] = {
+    "title": 2.0,
+    "brand": 2.0,
+    "sku": 3.0,
+    "category": 1.0,
+    "attribute": 1.0,
+    "description": 0.5,
+}
+# Long descriptions would drown the title; their first words are what a shopper types.
+_DESCRIPTION_CHARS = 400
+
+# The catalog's attribute vocabulary in English and Chinese: canonical value -> other names.
+COLOURS: dict[str, tuple[str, ...]] = {
+    "red": ("红色",), "orange": ("橙色",), "brown": ("棕色", "咖啡色"),
+    "yellow": ("黄色",), "green": ("绿色",), "blue": ("蓝色",),
+    "purple": ("紫色",), "pink": ("粉色", "粉红色"), "black": ("黑色",),
+    "white": ("白色",), "grey": ("灰色", "gray"), "beige": ("米色",),
+    "gold": ("金色",), "silver": ("银色",),
+}
+MATERIALS: dict[str, tuple[str, ...]] = {
+    "cotton": ("棉", "棉质", "纯棉"), "wool": ("羊毛",), "leather": ("皮革", "真皮"),
+    "plastic": ("塑料",), "metal": ("金属",), "wood": ("木头", "木质", "wooden"),
+    "glass": ("玻璃",), "paper": ("纸",), "silk": ("丝绸", "真丝"), "linen": ("亚麻",),
+    "polyester": ("涤纶", "聚酯"), "steel": ("钢", "不锈钢"), "ceramic": ("陶瓷",),
+}
+SIZES: dict[str, tuple[str, ...]] = {
+    "xs": ("加小号",), "s": ("小号", "small"), "m": ("中号", "medium"),
+    "l": ("大号", "large"), "xl": ("加大号", "x-large"), "xxl": ("加加大号", "2xl", "xx-large"),
+}
+
+
+def _concept(kind: str, value: str) -> str:
+    return f"~{kind}:{value}"
+
+
+def _vocabulary() -> list[tuple[str, str]]:
+    """(surface form, concept term) for every name of every attribute value."""
+    out = []
+    for kind, table in (("colour", COLOURS), ("material", MATERIALS), ("size", SIZES)):
+        for value, names in table.items():
+            for name in (value, *names):
+                out.append((normalise(name), _concept(kind, value)))
+    return out
+
+
+_SURFACES = _vocabulary()
+# Single-letter sizes ("s", "m", "l") are too ambiguous inside free text; only the size
+# field and a query that is exactly that size say them. (Colours are named by two
+# characters in Chinese, "红色": a lone "红" is also in "红酒", red wine.)
+_FREE_TEXT_SURFACES = [(s, c) for s, c in _SURFACES if len(s) > 1 or not s.isascii()]
+
+
+def concepts_in(text: str) -> list[str]:
+    """Concept terms named in a free text: latin names as whole words (plural folded),
+    Chinese names as substrings (no spaces to split on)."""
+    folded = normalise(text)
+    words = set(terms(folded)) | set(folded.split())
+    found = []
+    for surface, concept in _FREE_TEXT_SURFACES:
+        if surface.isascii():
+            if surface in words or (" " in surface and surface in folded):
+                found.append(concept)
+        elif surface in folded:
+            found.append(concept)
+    return sorted(set(found))
+
+
+def attribute_concepts(kind: str, value: str) -> list[str]:
+    """Concept terms of one attribute field's value (any name of it, either language)."""
+    folded = normalise(value).strip()
+    table = {"colour": COLOURS, "material": MATERIALS, "size": SIZES}[kind]
+    for canonical, names in table.items():
+        if folded in (canonical, *(normalise(n) for n in names)):
+            return [_concept(kind, canonical)]
+    return []
+
+
+def term_index(term: str) -> int:
+    """A term's index in the sparse vector: a stable 32-bit hash (the same in every process;
+    Python's own hash is salted)."""
+    return zlib.crc32(term.encode("utf-8"))
+
+
+def product_fields(product: Product) -> dict[str, list[str]]:
+    """Field -> terms of a product, with the bilingual concept terms of its attributes."""
+    attrs: list[str] = []
+    for kind, value in (("colour", product.colour), ("material", product.material),
+                        ("size", product.size)):
+        if value:
+            attrs += terms(value) + attribute_concepts(kind, value)
+    for value in product.attributes.values():
+        attrs += terms(value)
+    text = f"{product.title} {product.description[:_DESCRIPTION_CHARS]}"
+    return {
+        "title": terms(product.title) + concepts_in(product.title),
+        "brand": terms(product.brand),
+        "sku": terms(product.sku) + ([sku_key(product.sku)] if product.sku else []),
+        "category": terms(product.category.replace("/", " ")),
+        "attribute": attrs + [c for c in concepts_in(text) if c not in attrs],
+        "description": terms(product.description[:_DESCRIPTION_CHARS]),
+    }
+
+
+def document_vector(fields: dict[str, list[str]]) -> SparseVector | None:
+    """BM25 term weights of a document given as field -> terms; None when it has no terms."""
+    tf: dict[str, float] = {}
+    for name, field_terms in fields.items():
+        weight = FIELD_WEIGHTS[name]
+        for term in field_terms:
+            tf[term] = tf.get(term, 0.0) + weight
+    if not tf:
+        return None
+    length = sum(tf.values())
+    norm = K1 * (1 - B + B * length / AVG_TERMS)
+    weights: dict[int, float] = {}
+    for term, freq in tf.items():
+        index = term_index(term)
+        # A hash collision (rare at 2^32) adds the two terms' weights.
+        weights[index] = weights.get(index, 0.0) + freq * (K1 + 1) / (freq + norm)
+    return _sparse(weights)
+
+
+def product_vector(product: Product) -> SparseVector | None:
+    return document_vector(product_fields(product))
+
+
+def query_terms(text: str) -> list[str]:
+    """A query's distinct terms, with the concepts it names (a query that is exactly a
+    single-letter size, "M", names that size too)."""
+    found = list(dict.fromkeys(terms(text)))
+    found += concepts_in(text)
+    whole = normalise(text).strip()
+    if whole in SIZES:
+        found.append(_concept("size", whole))
+    key = sku_key(text)
+    if key and key not in found and any(c.isdigit() for c in key):
+        found.append(key)  # an SKU typed with other separators, or none
+    return list(dict.fromkeys(found))
+
+
+def query_vector(text: str) -> SparseVector | None:
+    """The query's terms, weight 1 each (the store's IDF weighs them); None without terms."""
+    found = query_terms(text)
+    if not found:
+        return None
+    return _sparse(dict.fromkeys((term_index(t) for t in found), 1.0))
+
+
+def _sparse(weights: dict[int, float]) -> SparseVector:
+    order = sorted(weights)
+    return SparseVector(np.asarray(order, dtype=np.int64),
+                        np.asarray([weights[i] for i in order], dtype=np.float32))
+
+
+# Chinese particles that a query says and a product title rarely does.
+_HAN_STOP = frozenset("的了和是在与及")
+# Distinct terms kept in a point's payload for facet matching; a longer product text keeps
+# its first ones (title, brand, SKU come first).
+MAX_PAYLOAD_TERMS = 256
+
+
+def document_terms(fields: dict[str, list[str]]) -> list[str]:
+    """A product's distinct terms, for the payload that facet filters match against."""
+    return list(dict.fromkeys(t for f in fields.values() for t in f))[:MAX_PAYLOAD_TERMS]
+
+
+def match_terms(text: str) -> list[str]:
+    """The terms a product must all have to match a query lexically (for facet counts):
+    words, SKUs, single Chinese characters (bigrams would demand the query's exact
+    phrasing) and attribute concepts in place of the words that name them."""
+    concepts = concepts_in(text)
+    whole = normalise(text).strip()
+    if whole in SIZES:
+        concepts.append(_concept("size", whole))
+    named = {t for surface, concept in _SURFACES if concept in concepts
+             for t in terms(surface)}
+    out = [t for t in dict.fromkeys(terms(text))
+           if t not in named and not (len(t) == 2 and HAN_RUN.fullmatch(t))
+           and t not in _HAN_STOP and not _han_named(t, named)]
+    return out + sorted(set(concepts))
+
+
+def _han_named(term: str, named: set[str]) -> bool:
+    """A Chinese character that belongs to a named attribute word ("红" of "红色")."""
+    return bool(HAN_RUN.fullmatch(term)) and any(term in n for n in named)
+
+
+def title_key(title: str) -> str:
+    return exact_key(title)
