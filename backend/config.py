@@ -47,9 +47,12 @@ class EncoderSettings(BaseModel):
     text_model: Literal["multilingual", "minilm", "lstm"] = "multilingual"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_batch_size: int = Field(32, ge=1, le=1024)
+    # Only for queries that arrive while a batch runs: a lone query never waits.
     max_wait_ms: float = Field(5.0, ge=0, le=1000)
     max_queue: int = Field(256, ge=1)
-    threads: int = Field(0, ge=0)  # torch intra-op threads, 0 = library default
+    # Threads for bulk batches (texts: 64 or more; encoders/threads.py), 0 = the CPUs (text:
+    # at most 4); query-sized text batches run on one thread whatever this says.
+    threads: int = Field(0, ge=0)
     # "none" (default): image and text vectors only; "shipped" (or ""): the fusion checkpoint
     # shipped in encoders/checkpoints; or a checkpoint path. Off by default because the
     # shipped model loses to the pretrained vectors on product photos and on text (README,
