@@ -164,6 +164,7 @@ class App:
         ensure_collection(self.vectors, self.settings, self.encoder)
 
     def close(self) -> None:
+        self.search.close()
         if self.photo is not None:
             self.photo.close()
         self.vectors.close()

@@ -81,6 +81,14 @@ class SearchSettings(BaseModel):
     max_result_window: int = Field(1000, ge=1, le=10_000)
     max_diversify_window: int = Field(300, ge=1, le=10_000)
     hnsw_ef: int = Field(128, ge=8)
+    # Products kept in memory to answer searches, checked against the catalog by version
+    # on every request (backend/domain/hydration.py); 0 reads every hit from SQL in full.
+    product_cache_size: int = Field(10_000, ge=0)
+    # How old the in-memory indexed version may be (ms); 0 reads it on every request.
+    indexed_version_ttl_ms: float = Field(100.0, ge=0, le=60_000)
+    # Threads for a search's blocking calls (SQL, vector store): sized for many concurrent
+    # requests, separate from asyncio's small default pool.
+    io_threads: int = Field(16, ge=1, le=256)
     # Query photos that are JPEGs are decoded at a reduced scale (JPEG draft mode, a power
     # of 2) keeping both sides >= this many pixels; 0 decodes at full size.
     query_image_draft_px: int = Field(448, ge=0)
