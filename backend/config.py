@@ -197,6 +197,12 @@ class Settings(BaseSettings):
     # fails, hangs or cannot verify its writes), or its loop has died; SERVING again once
     # it makes progress.
     indexer_stall_s: float = Field(120.0, ge=1)
+    # The vector index is (re)built in the background once this many points have been
+    # written through the indexer and writes pause for `index_build_quiet_s` (or have gone
+    # on for `index_build_max_delay_s`); 0 = never (backend/domain/index_maintainer.py).
+    index_build_min_writes: int = Field(1000, ge=0)
+    index_build_quiet_s: float = Field(2.0, ge=0)
+    index_build_max_delay_s: float = Field(60.0, ge=0)
     # The embedded store is flushed to disk at most this often, before outbox rows are
     # marked done (a killed process loses nothing anyway; this bounds what a lost machine
     # can take back, which the self-check then repairs). 0 = never flush explicitly.
