@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from backend.config import Settings
 from backend.domain.catalog import CatalogService, ImageBlobStore
+from backend.domain.index_maintainer import IndexMaintainer
 from backend.domain.indexing import Indexer, collection_spec
 from backend.domain.match import MatchService
 from backend.domain.photo_index import PhotoIndex
@@ -165,6 +166,9 @@ class App:
         ensure_collection(self.vectors, self.settings, self.encoder)
 
     def close(self) -> None:
+        self.search.close()
+        if self.indexer.maintainer is not None:
+            self.indexer.maintainer.close()
         if self.photo is not None:
             self.photo.close()
         self.vectors.close()
@@ -233,7 +237,16 @@ class AppParts:
         return Indexer(self.catalog, self.vectors, self.encoder, self.settings.collection,
                        self.settings.search.max_image_pixels,
                        flush_interval_s=self.settings.indexer_flush_interval_s,
-                       photo=self.photo)
+                       photo=self.photo, maintainer=self.index_maintainer)
+
+    @cached_property
+    def index_maintainer(self) -> IndexMaintainer | None:
+        s = self.settings
+        if not s.index_build_min_writes:
+            return None
+        return IndexMaintainer(self.vectors, s.collection, min_writes=s.index_build_min_writes,
+                               quiet_s=s.index_build_quiet_s,
+                               max_delay_s=s.index_build_max_delay_s)
 
     @cached_property
     def photo(self) -> PhotoIndex | None:
@@ -251,6 +264,9 @@ class AppParts:
         ensure_collection(self.vectors, self.settings, self.encoder)
 
     def close(self) -> None:
+        maintainer = self.__dict__.get("index_maintainer")
+        if maintainer is not None:
+            maintainer.close()
         if "vectors" in self.__dict__:
             self.vectors.close()
         if "engine" in self.__dict__:
@@ -274,6 +290,7 @@ def build_app(settings: Settings, encoder: VectorEncoder | None = None,
     engine, catalog, vectors = parts.engine, parts.catalog, parts.vectors
     encoder = parts.encoder
     metrics.watch_outbox(catalog)
+    metrics.watch_vector_index(vectors, settings.collection, parts.index_maintainer)
     wakeup = threading.Event()
     photo = parts.photo
     app = App(

@@ -47,9 +47,12 @@ class EncoderSettings(BaseModel):
     text_model: Literal["multilingual", "minilm", "lstm"] = "multilingual"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_batch_size: int = Field(32, ge=1, le=1024)
+    # Only for queries that arrive while a batch runs: a lone query never waits.
     max_wait_ms: float = Field(5.0, ge=0, le=1000)
     max_queue: int = Field(256, ge=1)
-    threads: int = Field(0, ge=0)  # torch intra-op threads, 0 = library default
+    # Threads for bulk batches (texts: 64 or more; encoders/threads.py), 0 = the CPUs (text:
+    # at most 4); query-sized text batches run on one thread whatever this says.
+    threads: int = Field(0, ge=0)
     # "none" (default): image and text vectors only; "shipped" (or ""): the fusion checkpoint
     # shipped in encoders/checkpoints; or a checkpoint path. Off by default because the
     # shipped model loses to the pretrained vectors on product photos and on text (README,
@@ -78,6 +81,14 @@ class SearchSettings(BaseModel):
     max_result_window: int = Field(1000, ge=1, le=10_000)
     max_diversify_window: int = Field(300, ge=1, le=10_000)
     hnsw_ef: int = Field(128, ge=8)
+    # Products kept in memory to answer searches, checked against the catalog by version
+    # on every request (backend/domain/hydration.py); 0 reads every hit from SQL in full.
+    product_cache_size: int = Field(10_000, ge=0)
+    # How old the in-memory indexed version may be (ms); 0 reads it on every request.
+    indexed_version_ttl_ms: float = Field(100.0, ge=0, le=60_000)
+    # Threads for a search's blocking calls (SQL, vector store): sized for many concurrent
+    # requests, separate from asyncio's small default pool.
+    io_threads: int = Field(16, ge=1, le=256)
     # Query photos that are JPEGs are decoded at a reduced scale (JPEG draft mode, a power
     # of 2) keeping both sides >= this many pixels; 0 decodes at full size.
     query_image_draft_px: int = Field(448, ge=0)
@@ -198,6 +209,12 @@ class Settings(BaseSettings):
     # fails, hangs or cannot verify its writes), or its loop has died; SERVING again once
     # it makes progress.
     indexer_stall_s: float = Field(120.0, ge=1)
+    # The vector index is (re)built in the background once this many points have been
+    # written through the indexer and writes pause for `index_build_quiet_s` (or have gone
+    # on for `index_build_max_delay_s`); 0 = never (backend/domain/index_maintainer.py).
+    index_build_min_writes: int = Field(1000, ge=0)
+    index_build_quiet_s: float = Field(2.0, ge=0)
+    index_build_max_delay_s: float = Field(60.0, ge=0)
     # The embedded store is flushed to disk at most this often, before outbox rows are
     # marked done (a killed process loses nothing anyway; this bounds what a lost machine
     # can take back, which the self-check then repairs). 0 = never flush explicitly.

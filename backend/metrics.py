@@ -13,6 +13,9 @@ Series (all prefixed `prodsearch_`):
   `indexer_seconds_since_progress`, `indexer_rows_done_total` and
   `indexer_unverified_products_total` (writes whose points did not match SQL when read
   back: their rows stay pending and are redone);
+- `vector_points` and `vector_indexed_vectors` (read from the store at scrape time), and the
+  background index builds: `index_pending_writes`, `index_building`, `index_builds`,
+  `index_build_failures`, `index_last_build_seconds`;
 - `selfcheck_drift_found_total{kind}` and `selfcheck_drift_repaired_total{kind}` (kind:
   missing, stale, orphans, drift), `selfcheck_products_checked_total` and
   `selfcheck_rounds_total` (complete walks over the catalog and the vector store).
@@ -170,6 +173,75 @@ class OutboxCollector(Collector):
         yield GaugeMetricFamily("prodsearch_outbox_oldest_pending_age_seconds",
                                 "age of the oldest change not yet indexed (0 when none)",
                                 value=age)
+
+
+class _IndexState(Protocol):
+    @property
+    def points(self) -> int: ...
+
+    @property
+    def indexed_vectors(self) -> int: ...
+
+
+class _Indexed(Protocol):
+    def index_state(self, collection: str) -> _IndexState: ...
+
+
+class _Maintainer(Protocol):
+    def state(self) -> Any: ...
+
+
+class VectorIndexCollector(Collector):
+    """The vector index's state, read when scraped: points, indexed vectors, and the
+    background builds (backend/domain/index_maintainer.py)."""
+
+    def __init__(self, vectors: _Indexed, collection: str,
+                 maintainer: _Maintainer | None) -> None:
+        self._vectors = vectors
+        self._collection = collection
+        self._maintainer = maintainer
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            index = self._vectors.index_state(self._collection)
+        except Exception:
+            log.debug("vector index metrics unavailable", exc_info=True)
+        else:
+            yield GaugeMetricFamily("prodsearch_vector_points",
+                                    "points in the vector collection", value=index.points)
+            yield GaugeMetricFamily("prodsearch_vector_indexed_vectors",
+                                    "vectors in the collection's HNSW index",
+                                    value=index.indexed_vectors)
+        if self._maintainer is None:
+            return
+        state = self._maintainer.state()
+        yield GaugeMetricFamily("prodsearch_index_pending_writes",
+                                "points written since the last background index build",
+                                value=state.pending_writes)
+        yield GaugeMetricFamily("prodsearch_index_building",
+                                "1 while a background index build runs",
+                                value=1.0 if state.building else 0.0)
+        yield GaugeMetricFamily("prodsearch_index_builds",
+                                "background index builds finished", value=state.builds)
+        yield GaugeMetricFamily("prodsearch_index_build_failures",
+                                "background index builds that failed", value=state.failures)
+        yield GaugeMetricFamily("prodsearch_index_last_build_seconds",
+                                "duration of the last background index build",
+                                value=state.last_build_s)
+
+
+_index_collector: VectorIndexCollector | None = None
+
+
+def watch_vector_index(vectors: _Indexed, collection: str, maintainer: _Maintainer | None,
+                       registry: CollectorRegistry = REGISTRY) -> None:
+    """Report this process's vector index (replaces a previous one, like the outbox)."""
+    global _index_collector
+    with _outbox_lock:
+        if _index_collector is not None:
+            registry.unregister(_index_collector)
+        _index_collector = VectorIndexCollector(vectors, collection, maintainer)
+        registry.register(_index_collector)
 
 
 _outbox_lock = threading.Lock()

@@ -1,7 +1,10 @@
 """Dynamic batching: many concurrent single requests -> few batched model calls.
 
-A batch closes when `max_batch_size` requests are waiting or `max_wait_ms` has passed since
-its oldest request arrived. The batch function runs in ONE dedicated thread, so inference
+A request that finds the batch thread idle runs at once, alone: a lone query never waits
+for company. Requests that arrive while a batch runs queue up and form the next batch, which
+closes when `max_batch_size` of them are waiting or `max_wait_ms` has passed since the
+oldest arrived (usually already true by the time the running batch ends), so batches form
+only under load. The batch function runs in ONE dedicated thread, so inference
 never blocks an event loop and the model sees one batch at a time. Each request has its own
 asyncio future on the loop that submitted it; results are handed back with
 `call_soon_threadsafe`, so several tasks (or even several loops) can submit at once.
@@ -43,6 +46,8 @@ class _Request(Generic[T, R]):
     future: asyncio.Future[R]
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.monotonic)
+    # A batch was running when it arrived: it may wait (bounded) for others to join it.
+    under_load: bool = False
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -88,6 +93,7 @@ class DynamicBatcher(Generic[T, R]):
         self._thread: threading.Thread | None = None
         self._closing = False
         self._drain = True
+        self._busy = False  # the batch thread is running a batch (guarded by _cond)
 
     @property
     def queue_depth(self) -> int:
@@ -123,6 +129,7 @@ class DynamicBatcher(Generic[T, R]):
         future: asyncio.Future[R] = loop.create_future()
         request: _Request[T, R] = _Request(item, future, loop)
         with self._cond:
+            request.under_load = self._busy or bool(self._queue)
             if len(self._queue) >= self.max_queue:
                 raise QueueFull(
                     f"{self.name} is overloaded: {len(self._queue)} requests already waiting"
@@ -180,6 +187,9 @@ class DynamicBatcher(Generic[T, R]):
                     self._deliver(request, None, exc)
                 if not isinstance(exc, Exception):
                     raise
+            finally:
+                with self._cond:
+                    self._busy = False
 
     def _next_batch(self) -> list[_Request[T, R]] | None:
         with self._cond:
@@ -190,9 +200,12 @@ class DynamicBatcher(Generic[T, R]):
                     self._cond.wait()
                     continue
                 now = time.monotonic()
-                deadline = self._queue[0].enqueued + self._max_wait_s
-                if len(self._queue) >= self.max_batch_size or now >= deadline or self._closing:
+                oldest = self._queue[0]
+                deadline = oldest.enqueued + self._max_wait_s
+                if (not oldest.under_load or len(self._queue) >= self.max_batch_size
+                        or now >= deadline or self._closing):
                     n = min(len(self._queue), self.max_batch_size)
+                    self._busy = True
                     return [self._queue.popleft() for _ in range(n)]
                 self._cond.wait(deadline - now)
 
@@ -232,7 +245,13 @@ class DynamicBatcher(Generic[T, R]):
                 self.on_batch(len(items))
             except Exception:
                 log.exception("%s: on_batch hook failed", self.name)
-        results = self.fn(items)
+        try:
+            results = self.fn(items)
+        finally:
+            # Idle before the results go out: a caller that submits again as soon as it
+            # has its answer finds the thread free and is not held back as "under load".
+            with self._cond:
+                self._busy = False
         if len(results) != len(items):
             raise RuntimeError(
                 f"{self.name}: batch function returned {len(results)} results "

@@ -19,8 +19,11 @@ _GAP = 3  # grid cells bridged when joining foreground regions into one item
 def foreground_box(image: Image.Image) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
     """(left, top, right, bottom) of the item and its pixel mask, or None if nothing stands
     out from the background."""
-    work = np.asarray(image.convert("RGB").filter(ImageFilter.GaussianBlur(1.5)),
-                      dtype=np.float32)
+    return _foreground(image.convert("RGB"))
+
+
+def _foreground(rgb: Image.Image) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    work = np.asarray(rgb.filter(ImageFilter.GaussianBlur(1.5)), dtype=np.float32)
     height, width, _ = work.shape
     band = max(2, min(height, width) // 40)
     border = np.concatenate([
@@ -42,22 +45,52 @@ def foreground_box(image: Image.Image) -> tuple[tuple[int, int, int, int], np.nd
     return (left, top, right + 1, bottom + 1), mask
 
 
-def isolate_item(image: Image.Image) -> Image.Image | None:
+def isolate_item(image: Image.Image, mask_side: int = 0) -> Image.Image | None:
     """The item cropped out of the photo with its background painted white, like a catalog
-    image; None when no item stands out."""
-    found = foreground_box(image)
+    image; None when no item stands out.
+
+    `mask_side` > 0: the item is found on a copy at most that many pixels on its longer
+    side, and its mask scaled back up to cut the item out of the full photo. Finding it is
+    per-pixel work (blur, distances, percentiles): 72-86 ms on a phone-size photo against
+    about 11 ms at 320 px (issue #15), while the crop keeps the photo's full detail."""
+    rgb = image.convert("RGB")
+    width, height = rgb.size
+    scale = max(width, height) / mask_side if mask_side > 0 else 1.0
+    if scale <= 1.0:
+        found = _foreground(rgb)
+        if found is None:
+            return None
+        (left, top, right, bottom), mask = found
+        pixels = np.asarray(rgb).copy()
+        pixels[~mask] = 255
+        return Image.fromarray(pixels[top:bottom, left:right])
+    small = rgb.resize((max(1, round(width / scale)), max(1, round(height / scale))),
+                       Image.Resampling.BILINEAR, reducing_gap=2.0)
+    found = _foreground(small)
     if found is None:
         return None
     (left, top, right, bottom), mask = found
-    pixels = np.asarray(image.convert("RGB")).copy()
-    pixels[~mask] = 255
-    return Image.fromarray(pixels[top:bottom, left:right])
+    sx, sy = width / small.width, height / small.height
+    box = (int(left * sx), int(top * sy), min(width, int(np.ceil(right * sx))),
+           min(height, int(np.ceil(bottom * sy))))
+    crop = np.asarray(rgb.crop(box)).copy()
+    # The small mask over the box, stretched to the crop's pixels (nearest: a hard edge,
+    # as the full-size mask has).
+    part = Image.fromarray(mask[top:bottom, left:right].astype(np.uint8) * 255)
+    full = np.asarray(part.resize((crop.shape[1], crop.shape[0]), Image.Resampling.NEAREST)) > 0
+    crop[~full] = 255
+    return Image.fromarray(crop)
 
 
-def query_views(image: Image.Image) -> list[Image.Image]:
+# Query photos are searched for their item on a copy this size (see isolate_item).
+QUERY_MASK_SIDE = 320
+
+
+def query_views(image: Image.Image, mask_side: int = QUERY_MASK_SIDE) -> list[Image.Image]:
     """The views of a query photo to search with: the whole photo, plus the isolated item when
-    one stands out. Search keeps each catalog item's best score over the views."""
-    item = isolate_item(image)
+    one stands out (found on a `mask_side` copy; 0 = on the photo itself). Search keeps each
+    catalog item's best score over the views."""
+    item = isolate_item(image, mask_side)
     return [image] if item is None else [image, item]
 
 

@@ -202,10 +202,14 @@ class OnnxMiniLMTextEncoder(MiniLMTextEncoder):
         threads: int = 0,
         quantize: bool = False,
     ) -> None:
-        super().__init__(device="cpu", max_length=max_length, model_path=model_path)
-        self.threads = threads if threads > 0 else _usable_cpus()
+        super().__init__(device="cpu", max_length=max_length, model_path=model_path,
+                         threads=threads)
+        self.threads = self.policy.max_threads
         self.quantize = quantize
-        self._session: Any = None
+        # ONNX Runtime fixes a session's intra-op threads when it is created: one session
+        # per thread count the policy asks for (the bulk one only once a bulk batch comes).
+        self._sessions: dict[int, Any] = {}
+        self._session_path: Path | None = None
 
     def _choose_device(self) -> torch.device:
         return torch.device("cpu")
@@ -244,8 +248,23 @@ class OnnxMiniLMTextEncoder(MiniLMTextEncoder):
                     quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8)
                     os.replace(tmp, qpath)
             path = qpath
-        self._session = _session(path, self.threads)
+        self._session_path = path
+        self._sessions = {1: _session(path, 1)}
         return model
+
+    def _session_for(self, batch_size: int) -> Any:
+        threads = self.policy.threads_for(batch_size)
+        session = self._sessions.get(threads)
+        if session is None:
+            assert self._session_path is not None
+            # Under the inference lock: created once.
+            session = self._sessions[threads] = _session(self._session_path, threads)
+        return session
+
+    @property
+    def _session(self) -> Any:
+        """The one-thread session (query-sized batches)."""
+        return self._sessions.get(1)
 
     def _encode(self, inputs: list[str]) -> np.ndarray:
         if not inputs:
@@ -261,7 +280,7 @@ class OnnxMiniLMTextEncoder(MiniLMTextEncoder):
             "input_ids": batch["input_ids"].astype(np.int64),
             "attention_mask": batch["attention_mask"].astype(np.int64),
         }
-        out: np.ndarray = self._session.run(None, feeds)[0]
+        out: np.ndarray = self._session_for(len(inputs)).run(None, feeds)[0]
         return _normalize(out)
 
 

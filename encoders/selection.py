@@ -83,7 +83,7 @@ def make_text_model(name: str, device: str, runtime: Runtime, threads: int = 0,
     if name == "minilm" and runtime == "onnx":
         return OnnxMiniLMTextEncoder(threads=threads)
     kw: dict[str, object] = {"device": device}
-    if name == "multilingual":
+    if name in ("multilingual", "minilm"):
         kw["threads"] = threads
     if name == "lstm":
         if lstm_checkpoint is None:

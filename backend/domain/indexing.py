@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from PIL.Image import Image
 
+from backend.domain.index_maintainer import IndexMaintainer
 from backend.domain.lexical import LEXICAL, product_vector
 from backend.domain.payload import mutable_payload, product_payload
 from backend.domain.photo_index import WORDS, Described, PhotoIndex
@@ -88,7 +89,10 @@ class Indexer:
         max_image_pixels: int = 40_000_000,
         flush_interval_s: float = 0.0,
         photo: PhotoIndex | None = None,
+        maintainer: IndexMaintainer | None = None,
     ) -> None:
+        # Told how many points each pass wrote, to build the vector index after bulk writes.
+        self.maintainer = maintainer
         self._catalog = catalog
         self._photo = photo
         self._vectors = vectors
@@ -147,6 +151,8 @@ class Indexer:
         self._flush_if_due(collection)
         stats.done = self._catalog.mark_done(
             [item.id for item in items if item.product_id in verified])
+        if self.maintainer is not None:
+            self.maintainer.written(stats.upserted_points)
         return stats
 
     def _apply(self, collection: str, actions: dict[str, str], products: dict[str, Product],

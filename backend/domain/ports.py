@@ -96,6 +96,10 @@ class ProductReader(Protocol):
         """Products by id; unknown and deleted ids are left out."""
         ...
 
+    def product_versions(self, product_ids: Sequence[str]) -> dict[str, int]:
+        """Live products' current catalog versions, by id (cheaper than get_products)."""
+        ...
+
     def get_product(self, product_id: str) -> Product:
         """The product, or NotFound."""
         ...

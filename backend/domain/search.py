@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
+import functools
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 from PIL.Image import Image
 
 from backend.config import SearchSettings
+from backend.domain.hydration import IndexedVersionClock, ProductCache, hydrate
 from backend.domain.mmr import mmr
 from backend.domain.payload import normalise_filters
 from backend.domain.photo_index import PhotoIndex
@@ -25,7 +31,7 @@ from backend.domain.photo_search import (
 from backend.domain.ports import IndexedCatalog, VectorEncoder
 from backend.domain.product_rules import check_price_range
 from backend.domain.text_search import count_facets, explain_parts, search_text
-from backend.domain.types import Filters, SearchHit, SearchResult
+from backend.domain.types import Filters, Product, SearchHit, SearchResult
 from backend.domain.vectors import FACET_KEYS, FacetCounts, ScoredPoint, VectorStore
 from backend.errors import InvalidInput, NotFound, NotReady, shown
 from backend.security import Role
@@ -38,6 +44,11 @@ from encoders.priority import run_heavy
 _GROUP_OVERFETCH = 3
 # Diversified results are picked from this many candidates per result of the window.
 _MMR_POOL = 4
+# Ranking this few points costs less on the event loop than a hop to a thread.
+_INLINE_RANK = 300
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass
@@ -90,6 +101,34 @@ class SearchService:
         self._collection = collection
         self._settings = settings
         self.ready = False  # set once the models are warm
+        self.products = ProductCache(settings.product_cache_size)
+        self._indexed = IndexedVersionClock(catalog, settings.indexed_version_ttl_ms / 1000)
+        self._pool = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="search-io")
+        self._known_categories: set[str] = set()
+
+    async def _io(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """`asyncio.to_thread` on this service's own pool (the caller's context variables
+        go along, as with to_thread)."""
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _prepare(self, category: str, min_catalog_version: int) -> tuple[bool, int, str]:
+        """The per-request lookups in one thread hop: does the filter's category exist, the
+        indexed version, the collection the alias points at."""
+        exists = True
+        if category and category not in self._known_categories:
+            # Categories are never removed, so only a found one is remembered.
+            exists = self._catalog.category_exists(category)
+            if exists and len(self._known_categories) < 100_000:
+                self._known_categories.add(category)
+        reflected = self._indexed.get(at_least=min_catalog_version)
+        return exists, reflected, self._vectors.resolve(self._collection)
+
+    def _hydrate(self, product_ids: list[str]) -> dict[str, Product]:
+        return hydrate(self._catalog, self.products, product_ids)
 
     @property
     def model_version(self) -> str:
@@ -110,18 +149,16 @@ class SearchService:
             if query.product_id not in source or not principal.can_see(
                     source[query.product_id]):
                 raise NotFound(f"product {shown(query.product_id)} is not indexed")
-        if filters.category and not await asyncio.to_thread(
-            self._catalog.category_exists, filters.category
-        ):
+        category_exists, reflected, collection = await self._io(
+            self._prepare, filters.category, query.min_catalog_version)
+        if not category_exists:
             raise NotFound(f"unknown category {shown(query.filters.category)}")
-        reflected = await asyncio.to_thread(self._catalog.indexed_version)
         if query.min_catalog_version > reflected:
             raise NotReady(
                 f"catalog version {query.min_catalog_version} is not indexed yet "
                 f"(indexed: {reflected}); retry shortly"
             )
 
-        collection = await asyncio.to_thread(self._vectors.resolve, self._collection)
         if query.image and self._photo is not None and not query.diversify:
             hits, more = await self._search_photo(query, filters, collection, offset, top_k)
             facets = await self._facets(query, filters, collection,
@@ -142,19 +179,18 @@ class SearchService:
             # page is then a slice of one ranking (no repeats or gaps between pages).
             limit = max(limit, _MMR_POOL * self._settings.max_diversify_window)
         points, vector_name, dense = await self._candidates(query, filters, collection, limit)
-        ranked = await asyncio.to_thread(_best_per_product, points)
+        ranked = (_best_per_product(points) if len(points) <= _INLINE_RANK
+                  else await self._io(_best_per_product, points))
         facets = await self._facets(query, filters, collection,
                                     [p.payload.product_id for p in ranked])
         available = len(ranked)  # MMR returns only offset + top_k: count before it
         if query.diversify and vector_name:
             ranked = await _diversify(ranked, vector_name, offset + top_k)
         page = ranked[offset : offset + top_k]
-        products = await asyncio.to_thread(
-            self._catalog.get_products, [p.payload.product_id for p in page]
-        )
+        products = await self._io(self._hydrate, [p.payload.product_id for p in page])
         parts: dict[str, dict[str, float]] = {}
         if query.explain and dense is not None:
-            parts = await asyncio.to_thread(
+            parts = await self._io(
                 explain_parts, self._vectors, collection, query.text.strip(), dense, filters,
                 page, max(self._settings.text_depth, limit))
             for i, p in enumerate(page):
@@ -184,7 +220,7 @@ class SearchService:
                       ranked_ids: list[str]) -> FacetCounts:
         if not query.facets:
             return {}
-        return await asyncio.to_thread(
+        return await self._io(
             count_facets, self._vectors, collection, query.text.strip(), filters,
             ranked_ids, list(query.facets), self._settings)
 
@@ -241,7 +277,7 @@ class SearchService:
             if vector is None:
                 raise NotFound(f"product {shown(query.product_id)} is not indexed")
             filters.exclude_product_ids = [*filters.exclude_product_ids, query.product_id]
-            points = await asyncio.to_thread(
+            points = await self._io(
                 self._vectors.search, collection, name, vector, filters, limit, 0, with_vectors
             )
             return points, name, None
@@ -269,7 +305,7 @@ class SearchService:
         if text is not None and not views:
             # Text alone: dense + lexical + exact SKU/title, fused in one store query.
             dense = encoded[0]["text"]
-            points = await asyncio.to_thread(
+            points = await self._io(
                 search_text, self._vectors, collection, text, dense, filters, limit,
                 self._settings, with_vectors or query.explain)
             return points, "text", dense
@@ -284,7 +320,7 @@ class SearchService:
             return self._vectors.search(
                 collection, name, vectors[name], filters, limit, 0, with_vectors)
 
-        results = await asyncio.gather(*(asyncio.to_thread(run, v) for v in encoded))
+        results = await asyncio.gather(*(self._io(run, v) for v in encoded))
         name = vector_for(encoded[0])
         return _best_per_point(results), "" if name == "hybrid" else name, None
 
@@ -319,8 +355,7 @@ class SearchService:
         for c in ranked:
             c.probability = ceiling = min(ceiling, c.probability)
         page = ranked[offset: offset + top_k]
-        products = await asyncio.to_thread(
-            self._catalog.get_products, [c.product_id for c in page])
+        products = await self._io(self._hydrate, [c.product_id for c in page])
         hits = [
             SearchHit(
                 product=products[c.product_id],
@@ -337,7 +372,7 @@ class SearchService:
     async def _product_vector(
         self, product_id: str, collection: str, name: str
     ) -> np.ndarray | None:
-        found = await asyncio.to_thread(self._vectors.get_vectors, collection, product_id, name)
+        found = await self._io(self._vectors.get_vectors, collection, product_id, name)
         if not found:
             return None
         # Several images: their mean direction represents the product.

@@ -197,6 +197,15 @@ class PayloadPatch:
 IDENTITY_FIELDS = frozenset({"product_id", "position", "model_version", "primary"})
 
 
+@dataclass(frozen=True)
+class IndexState:
+    """Points in a collection and vectors in its HNSW index (one per point and named dense
+    vector when fully built; segments below the full-scan threshold are never indexed)."""
+
+    points: int
+    indexed_vectors: int
+
+
 @runtime_checkable
 class VectorStore(Protocol):
     """Every method is synchronous and thread-safe; services call them from worker threads.
@@ -295,6 +304,9 @@ class VectorStore(Protocol):
 
     def build_index(self, collection: str) -> None:
         """Finish index building after a bulk load (optimise segments)."""
+
+    def index_state(self, collection: str) -> IndexState:
+        """How many points the collection holds and how many of its vectors are indexed."""
 
     def set_alias(self, alias: str, collection: str) -> None:
         """Point `alias` at `collection` atomically (server alias or embedded pointer).

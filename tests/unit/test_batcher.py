@@ -69,34 +69,67 @@ def test_concurrent_submits_get_their_own_results_in_bounded_batches() -> None:
     assert len(fn.batches) < 50
 
 
-def test_lone_request_waits_about_max_wait() -> None:
-    batcher: DynamicBatcher[int, int] = DynamicBatcher(Recorder(), 32, 100, 10)
+def test_lone_request_runs_at_once_whatever_max_wait() -> None:
+    fn = Recorder()
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(fn, 32, 5000, 10)
 
-    async def main() -> float:
+    async def main() -> list[float]:
         batcher.start()
-        start = time.monotonic()
-        assert await batcher.submit(21) == 42
-        elapsed = time.monotonic() - start
+        elapsed = []
+        for i in range(3):  # one after the other: never two at once
+            start = time.monotonic()
+            assert await batcher.submit(i) == 2 * i
+            elapsed.append(time.monotonic() - start)
         await batcher.stop()
         return elapsed
 
-    elapsed = run(main)
-    assert 0.09 <= elapsed < 1.0, elapsed
+    assert max(run(main)) < 1.0  # not the 5 s max_wait
+    assert fn.batches == [[0], [1], [2]]
 
 
-def test_full_batch_does_not_wait() -> None:
-    fn = Recorder()
+def test_requests_arriving_during_a_batch_form_the_next_one() -> None:
+    gate = threading.Event()
+    fn = Recorder(gate)
     batcher: DynamicBatcher[int, int] = DynamicBatcher(fn, 4, 5000, 10)
 
     async def main() -> float:
+        first = asyncio.ensure_future(batcher.submit(0))
+        await wait_until(fn.entered.is_set)
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 5)]
+        await wait_until(lambda: batcher.queue_depth == 4)
         start = time.monotonic()
-        await asyncio.gather(*(batcher.submit(i) for i in range(4)))
+        gate.set()
+        await asyncio.gather(first, *rest)
         elapsed = time.monotonic() - start
         await batcher.stop()
         return elapsed
 
-    assert run(main) < 2.0
-    assert fn.batches == [[0, 1, 2, 3]]
+    assert run(main) < 2.0  # a full batch does not wait for max_wait
+    assert fn.batches == [[0], [1, 2, 3, 4]]
+
+
+def test_partial_batch_under_load_waits_at_most_max_wait() -> None:
+    gate = threading.Event()
+    fn = Recorder(gate)
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(fn, 8, 300, 10)
+
+    async def main() -> float:
+        first = asyncio.ensure_future(batcher.submit(0))
+        await wait_until(fn.entered.is_set)
+        arrived = time.monotonic()
+        second = asyncio.ensure_future(batcher.submit(1))
+        await wait_until(lambda: batcher.queue_depth == 1)
+        gate.set()
+        await first
+        await second
+        waited = time.monotonic() - arrived
+        await batcher.stop()
+        return waited
+
+    waited = run(main)
+    # It arrived under load, so it waited for company, but no longer than max_wait.
+    assert 0.25 <= waited < 1.5, waited
+    assert fn.batches == [[0], [1]]
 
 
 def test_zero_wait_runs_at_once() -> None:

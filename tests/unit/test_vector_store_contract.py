@@ -233,6 +233,18 @@ def test_count_and_scroll_payloads(backend: Backend) -> None:
     assert scrolled == {p.id: p.payload for p in CATALOG.points}
 
 
+def test_index_state_counts_points(backend: Backend, fresh: str) -> None:
+    store = backend.store
+    state = store.index_state(backend.catalog)
+    assert state.points == len(CATALOG.points)
+    # A small collection may stay a full scan (below the full-scan threshold): never more
+    # indexed vectors than points times dense vectors.
+    assert 0 <= state.indexed_vectors <= state.points * 2
+    assert store.index_state(fresh).points == 0
+    with pytest.raises(NotReady):
+        store.index_state(unique("missing"))
+
+
 def test_product_payloads_and_paged_scroll(backend: Backend, fresh: str) -> None:
     store = backend.store
     wanted = [CATALOG.points[0].payload.product_id, CATALOG.points[-1].payload.product_id]

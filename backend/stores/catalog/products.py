@@ -317,6 +317,18 @@ class SqlProducts(SqlCatalogStore):
                 out[rec.id] = _to_domain(rec)
         return out
 
+    def product_versions(self, product_ids: Sequence[str]) -> dict[str, int]:
+        """Live products' current catalog versions, by id: one primary-key lookup, none of
+        the joins `get_products` needs (to check cached copies against)."""
+        out: dict[str, int] = {}
+        with self._read() as session:
+            for chunk in chunks(list(dict.fromkeys(product_ids))):
+                for pid, version in session.execute(
+                        select(ProductRecord.id, ProductRecord.catalog_version)
+                        .where(ProductRecord.id.in_(chunk), ProductRecord.deleted.is_(False))):
+                    out[pid] = int(version)
+        return out
+
     def get_product(self, product_id: str) -> Product:
         product = self.get_products([product_id]).get(product_id)
         if product is None:

@@ -44,6 +44,7 @@ from backend.stores.vectors.base import (
     CollectionSpec,
     FacetCounts,
     FacetQuery,
+    IndexState,
     PayloadPatch,
     PointPayload,
     Prefetch,
@@ -197,6 +198,9 @@ class _Collection:
     spec: CollectionSpec
     shard: qe.EdgeShard
     lock: _SharedLock = dataclasses.field(default_factory=_SharedLock)
+    # One optimize at a time (the background builder and a command's explicit build);
+    # searches and writes go on beside it under the shared lock.
+    build_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     closed: bool = False
 
 
@@ -646,9 +650,14 @@ class EdgeVectorStore:
                 coll.shard.update(qe.UpdateOperation.delete_points(chunk))
 
     def build_index(self, collection: str) -> None:
-        with self._use(collection) as coll:
+        with self._use(collection) as coll, coll.build_lock:
             coll.shard.optimize()
             coll.shard.flush()
+
+    def index_state(self, collection: str) -> IndexState:
+        with self._use(collection) as coll:
+            info = coll.shard.info()
+            return IndexState(int(info.points_count), int(info.indexed_vectors_count))
 
     def set_alias(self, alias: str, collection: str) -> None:
         _check_name(alias, "alias")

@@ -34,6 +34,7 @@ from backend.stores.vectors.base import (
     CollectionSpec,
     FacetCounts,
     FacetQuery,
+    IndexState,
     PayloadPatch,
     PointPayload,
     Prefetch,
@@ -548,6 +549,12 @@ class QdrantServerStore:
                     wait=True,
                     ordering=self._ordering,
                 )
+
+    def index_state(self, collection: str) -> IndexState:
+        name = self.resolve(collection)
+        with self._call(name):
+            info = self._client.get_collection(name)
+        return IndexState(int(info.points_count or 0), int(info.indexed_vectors_count or 0))
 
     def build_index(self, collection: str) -> None:
         """Wait until the server has finished optimising (it indexes in the background)."""

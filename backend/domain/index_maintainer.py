@@ -1,0 +1,135 @@
+"""Keeping the vector index built on a live server.
+
+Points written through the running server land in small unindexed segments: before this,
+only `demo`, `ingest` and `reindex` built the HNSW index, so after bulk writes through the
+server every search scanned (bench/live_index.py). The indexer now reports how many points
+it wrote; once `min_writes` have accumulated and writes pause for `quiet_s` (or have gone on
+for `max_delay_s`), a background thread at low CPU priority builds the index.
+
+The build runs beside searches: qdrant-edge serves reads from the old segments while it
+optimises and swaps the new ones in (measured in bench/live_index.py; the store's shared
+lock lets searches through), and a Qdrant server indexes on its own, so `build_index` there
+only waits. Payload indexes are part of the collection and are carried into the rebuilt
+segments. The state (writes not yet built, builds, the last build's duration, whether one
+is running) is exported as metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from backend.domain.vectors import VectorStore
+from encoders.priority import lower_this_thread
+
+__all__ = ["IndexMaintainer", "MaintainerState"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MaintainerState:
+    pending_writes: int  # points written since the last build started
+    building: bool
+    builds: int
+    last_build_s: float  # duration of the last build (0 before the first)
+    failures: int
+
+
+class IndexMaintainer:
+    def __init__(self, vectors: VectorStore, collection: str, *, min_writes: int = 1000,
+                 quiet_s: float = 2.0, max_delay_s: float = 60.0) -> None:
+        if min_writes < 1:
+            raise ValueError(f"min_writes must be >= 1, got {min_writes}")
+        if quiet_s < 0 or max_delay_s < 0:
+            raise ValueError("quiet_s and max_delay_s must be >= 0")
+        self._vectors = vectors
+        self._collection = collection
+        self.min_writes = min_writes
+        self.quiet_s = quiet_s
+        self.max_delay_s = max_delay_s
+        self._cond = threading.Condition()
+        self._pending = 0
+        self._first_write = 0.0
+        self._last_write = 0.0
+        self._building = False
+        self._builds = 0
+        self._failures = 0
+        self._last_build_s = 0.0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def written(self, points: int) -> None:
+        """Called by the indexer after each pass with the points it upserted."""
+        if points <= 0:
+            return
+        now = time.monotonic()
+        with self._cond:
+            if self._closed:
+                return
+            if not self._pending:
+                self._first_write = now
+            self._pending += points
+            self._last_write = now
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="index-maintainer",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def state(self) -> MaintainerState:
+        with self._cond:
+            return MaintainerState(self._pending, self._building, self._builds,
+                                   self._last_build_s, self._failures)
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Stop; a build in progress finishes in its thread (the store cannot cancel it)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _due_in(self, now: float) -> float | None:
+        """Seconds until a build is due (0: now), None while too few points are pending."""
+        if self._pending < self.min_writes:
+            return None
+        return max(0.0, min(self._last_write + self.quiet_s,
+                            self._first_write + self.max_delay_s) - now)
+
+    def _run(self) -> None:
+        # Building is bulk work: the searches it runs beside come first.
+        lower_this_thread()
+        while True:
+            with self._cond:
+                while True:
+                    if self._closed:
+                        return
+                    wait = self._due_in(time.monotonic())
+                    if wait == 0.0:
+                        break
+                    self._cond.wait(wait)
+                self._pending = 0
+                self._building = True
+            start = time.perf_counter()
+            try:
+                self._vectors.build_index(self._collection)
+                ok = True
+            except Exception:
+                log.exception("background index build of %s failed; retrying after the "
+                              "next writes", self._collection)
+                ok = False
+            seconds = time.perf_counter() - start
+            with self._cond:
+                self._building = False
+                if ok:
+                    self._builds += 1
+                    self._last_build_s = seconds
+                else:
+                    self._failures += 1
+            if ok:
+                log.info("vector index of %s built in the background in %.1f s",
+                         self._collection, seconds)
