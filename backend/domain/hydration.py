@@ -23,8 +23,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from backend.domain.ports import IndexedCatalog
 from backend.domain.types import Product
-from backend.stores.catalog.repository import CatalogRepository
 
 __all__ = ["IndexedVersionClock", "ProductCache", "hydrate"]
 
@@ -67,7 +67,7 @@ class ProductCache:
                 self._items.popitem(last=False)
 
 
-def hydrate(catalog: CatalogRepository, cache: ProductCache,
+def hydrate(catalog: IndexedCatalog, cache: ProductCache,
             product_ids: Sequence[str]) -> dict[str, Product]:
     """Products by id as `catalog.get_products` returns them (deleted and unknown ids left
     out), from the cache where its copy is at the catalog's current version."""
@@ -97,7 +97,7 @@ def hydrate(catalog: CatalogRepository, cache: ProductCache,
 class IndexedVersionClock:
     """`catalog.indexed_version()` read at most once per `ttl_s` (0 = on every call)."""
 
-    def __init__(self, catalog: CatalogRepository, ttl_s: float) -> None:
+    def __init__(self, catalog: IndexedCatalog, ttl_s: float) -> None:
         if ttl_s < 0:
             raise ValueError(f"ttl_s must be >= 0, got {ttl_s}")
         self._catalog = catalog
