@@ -36,7 +36,8 @@ def product_payload(product: Product, position: int, model_version: str) -> Poin
         title_key=title_key(product.title),
         terms=document_terms(product_fields(product)),
         # The first image's point, or the text-only one (-1, written when no image loads).
-        primary=position == -1 or position == min(ref.position for ref in product.images),
+        primary=position == -1
+        or position == min((ref.position for ref in product.images), default=position),
     )
 
 
