@@ -20,9 +20,6 @@ from typing import Any, NoReturn
 
 import grpc
 import numpy as np
-from grpc_health.v1 import _async as health_aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from PIL import Image
 
 from backend import errors
@@ -30,7 +27,13 @@ from backend.transport.grpc.errors import status_for
 from backend.transport.grpc.generated.product_search.v1 import encoder_pb2 as pb
 from backend.transport.grpc.generated.product_search.v1 import encoder_pb2_grpc as rpc
 from backend.transport.grpc.interceptors import MalformedRequestInterceptor
-from backend.transport.grpc.signals import until_signalled
+from backend.transport.grpc.serving import (
+    NOT_SERVING,
+    SERVING,
+    ServingHealth,
+    bound_port,
+    run_until_signalled,
+)
 from encoders.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image
 from encoders.worker import EncoderWorker
 
@@ -232,7 +235,7 @@ class EncoderServer:
             ("grpc.so_reuseport", 0),
         ]
         self._server: grpc.aio.Server | None = None
-        self._health = health_aio.HealthServicer()
+        self._health = ServingHealth((ENCODER_SERVICE,))
         self.port = 0
 
     async def start(self) -> int:
@@ -240,33 +243,23 @@ class EncoderServer:
         s = self._server = grpc.aio.server(
             interceptors=[MalformedRequestInterceptor()], options=self._options)
         rpc.add_EncoderServicer_to_server(self.servicer, s)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, s)
-        reflection.enable_server_reflection(
-            (ENCODER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), s
-        )
-        self.port = s.add_insecure_port(f"{self._host}:{self._port}")
-        if self.port == 0:
-            raise OSError(f"cannot bind {self._host}:{self._port}")
-        for name in ("", ENCODER_SERVICE):
-            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._health.add_to(s)
+        self.port = bound_port(s.add_insecure_port(f"{self._host}:{self._port}"), self._host,
+                               self._port)
+        await self._health.set(NOT_SERVING)
         await s.start()
         log.info("encoder worker listening on %s:%d; warming up", self._host, self.port)
         await asyncio.to_thread(self.worker.start)
-        for name in ("", ENCODER_SERVICE):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set(SERVING)
         log.info("encoder worker serving (model %s)", self.worker.model_version)
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:
-        await self._health.enter_graceful_shutdown()
-        if self._server is not None:
-            await self._server.stop(grace)
+        await self._health.stop(self._server, grace)
         await self.worker.stop()
         self.servicer.close()
 
 
 async def serve_worker(server: EncoderServer) -> None:
     """Run until SIGINT/SIGTERM, then stop gracefully."""
-    await server.start()
-    await until_signalled()
-    await server.stop()
+    await run_until_signalled(server.start, server.stop)

@@ -10,9 +10,6 @@ import time
 from typing import Any
 
 import grpc
-from grpc_health.v1 import _async as health_aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from backend import metrics
 from backend.app import App
@@ -23,7 +20,13 @@ from backend.transport.grpc import edge, interceptors
 from backend.transport.grpc.generated.product_search.v1 import product_search_pb2 as pb
 from backend.transport.grpc.generated.product_search.v1 import product_search_pb2_grpc as rpc
 from backend.transport.grpc.servicers import CatalogServicer, ProductSearchServicer
-from backend.transport.grpc.signals import until_signalled
+from backend.transport.grpc.serving import (
+    NOT_SERVING,
+    SERVING,
+    ServingHealth,
+    bound_port,
+    run_until_signalled,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ class Server:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        self._health = health_aio.HealthServicer()
+        self._health = ServingHealth(SERVICE_NAMES)
         self._indexer_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self.indexer_health = IndexerHealth(app.settings.indexer_stall_s)
@@ -76,10 +79,7 @@ class Server:
                 self.app.search, self.app.catalog, self.app.match, self.app.restock), s
         )
         rpc.add_CatalogServicer_to_server(CatalogServicer(self.app.catalog_service), s)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, s)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), s
-        )
+        self._health.add_to(s)
         tls = self.app.settings.tls
         if tls.enabled:
             self.port = s.add_secure_port(f"{self._host}:{self._port}", server_credentials(tls))
@@ -88,18 +88,15 @@ class Server:
                 log.warning("serving without TLS on %s: API keys travel in clear text",
                             self._host)
             self.port = s.add_insecure_port(f"{self._host}:{self._port}")
-        if self.port == 0:
-            raise OSError(f"cannot bind {self._host}:{self._port}")
-        for name in ("", *SERVICE_NAMES):
-            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        bound_port(self.port, self._host, self._port)
+        await self._health.set(NOT_SERVING)
         await s.start()
         log.info("listening on %s:%d; warming up models", self._host, self.port)
         if self.app.settings.metrics_port and self.metrics_http is None:
             self.metrics_http, _ = metrics.start_http(self.app.settings.metrics_host,
                                                       self.app.settings.metrics_port)
         await self._warm_up()
-        for name in ("", *SERVICE_NAMES):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set(SERVING)
         if self.app.settings.indexer_enabled:
             self.indexer_health.revived()
             metrics.watch_indexer(self.indexer_health)
@@ -172,10 +169,8 @@ class Server:
                 self._indexer_task = asyncio.create_task(self._index_loop(), name="indexer")
             reason = health.stuck()
             if (reason is None) != (reported is None):
-                status = (health_pb2.HealthCheckResponse.NOT_SERVING if reason
-                          else health_pb2.HealthCheckResponse.SERVING)
-                for name in INDEXER_HEALTH_NAMES:
-                    await self._health.set(name, status)
+                await self._health.set(NOT_SERVING if reason else SERVING,
+                                       INDEXER_HEALTH_NAMES)
                 if reason:
                     log.error("indexer stuck: %s; health NOT_SERVING", reason)
                 else:
@@ -187,8 +182,7 @@ class Server:
         grace = self.app.settings.shutdown_grace_s if grace is None else grace
         self._stopping.set()
         self.app.index_wakeup.set()
-        await self._health.enter_graceful_shutdown()
-        await self._server.stop(grace)
+        await self._health.stop(self._server, grace)
         if self.metrics_http is not None:
             self.metrics_http.shutdown()
             self.metrics_http.server_close()
@@ -220,10 +214,12 @@ def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
 
 async def serve_forever(app: App) -> None:
     server = Server(app)
-    await server.start()
-    await until_signalled()
-    log.info("shutting down (grace %.1f s)", app.settings.shutdown_grace_s)
-    await server.stop()
+
+    async def stop() -> None:
+        log.info("shutting down (grace %.1f s)", app.settings.shutdown_grace_s)
+        await server.stop()
+
+    await run_until_signalled(server.start, stop)
 
 
 class BackgroundServer:
