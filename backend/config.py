@@ -94,6 +94,9 @@ class SearchSettings(BaseModel):
     # Shipped vocabulary / scorer (encoders/checkpoints) unless a file is given.
     vocabulary_file: str = ""
     scorer_file: str = ""
+    # Text queries search the lexical vector beside the dense one (false: the dense text
+    # vector alone, as before hybrid search; explain then has no parts).
+    text_lexical: bool = True
     # Text queries: the dense text vector and the lexical one (BM25 terms) fused in the
     # store: "rrf" (reciprocal ranks) or "dbsf" (normalised scores); README "Model quality"
     # has both measured.

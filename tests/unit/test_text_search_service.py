@@ -64,8 +64,8 @@ def service(request: pytest.FixtureRequest, sqlite_catalog: CatalogRepository, s
     store.close()
 
 
-def sql_facets(engine: Engine, catalog: CatalogRepository, query: str, min_price: float, brands: list[str],
-               top_ids: list[str]) -> dict[str, Counter[str]]:
+def sql_facets(engine: Engine, catalog: CatalogRepository, query: str, min_price: float,
+               brands: list[str], top_ids: list[str]) -> dict[str, Counter[str]]:
     """Facets from SQL: the rows passing the same filters, kept when they match every query
     term lexically or are among the top hits, counted per value with GROUP BY."""
     with engine.connect() as conn:
