@@ -196,8 +196,9 @@ def hybrid_rows(inp: dict[str, Any]) -> dict[str, Any]:
                         if "zh" in tops:
                             entry["zh_en_overlap@10"] = _overlap(tops["zh"], tops["en"])
                         if name == "brand":
-                            purity = [np.mean([brand_of_row[g] == BRANDS[q] for g in top])
-                                      if top else 0.0 for q, top in enumerate(tops["en"])]
+                            purity = [float(np.mean([brand_of_row[g] == BRANDS[q]
+                                                     for g in top])) if top else 0.0
+                                      for q, top in enumerate(tops["en"])]
                             entry["brand_precision@10"] = round(float(np.mean(purity)), 4)
                             entry["brand_only_top10"] = round(float(np.mean(
                                 [p == 1.0 for p in purity])), 4)
