@@ -256,7 +256,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _eval_match(args)
     from encoders.evaluation.runner import run_from_args
 
-    return run_from_args(args)
+    text_retrieval = None
+    if args.task in ("text", "all"):
+        # Lexical, dense and hybrid rows through the vector store, beside the encoder rows.
+        from backend.domain.text_eval import hybrid_rows
+        text_retrieval = hybrid_rows
+    return run_from_args(args, text_retrieval)
 
 
 def _eval_match(args: argparse.Namespace) -> int:

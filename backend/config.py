@@ -105,6 +105,9 @@ class SearchSettings(BaseModel):
     # Shipped vocabulary / scorer (encoders/checkpoints) unless a file is given.
     vocabulary_file: str = ""
     scorer_file: str = ""
+    # Text queries search the lexical vector beside the dense one (false: the dense text
+    # vector alone, as before hybrid search; explain then has no parts).
+    text_lexical: bool = True
     # Text queries: the dense text vector and the lexical one (BM25 terms) fused in the
     # store: "rrf" (reciprocal ranks) or "dbsf" (normalised scores); README "Model quality"
     # has both measured.
@@ -115,8 +118,13 @@ class SearchSettings(BaseModel):
     # query lexically or are among its first `facet_top_n` hits.
     facet_top_n: int = Field(100, ge=1, le=1000)
     # Price facet bands: [0, 10), [10, 25), ..., [500, inf).
+<<<<<<< ours
     facet_price_bands: list[float] = Field(
         default_factory=lambda: [0.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0])
+=======
+    facet_price_bands: list[float] = Field(default_factory=lambda: [0.0, 10.0, 25.0, 50.0,
+                                                                    100.0, 250.0, 500.0])
+>>>>>>> theirs
 
 
 class LimitsSettings(BaseModel):

@@ -302,7 +302,7 @@ class SearchService:
                 return "fused"
             return "hybrid" if "text" in vectors else "image"
 
-        if text is not None and not views:
+        if text is not None and not views and self._settings.text_lexical:
             # Text alone: dense + lexical + exact SKU/title, fused in one store query.
             dense = encoded[0]["text"]
             points = await self._io(

@@ -7,6 +7,7 @@ import numpy as np
 
 from backend.config import SearchSettings
 from backend.domain.lexical import LEXICAL, match_terms, query_vector, title_key
+from backend.domain.payload import norm
 from backend.domain.text_terms import sku_key
 from backend.domain.types import Filters
 from backend.domain.vectors import (
@@ -18,18 +19,22 @@ from backend.domain.vectors import (
 )
 
 TEXT = "text"
-# Products matching the query exactly (SKU or title) are candidates through a list of their
+# Products matching the query exactly (SKU, title or brand) are candidates through a list of their
 # own, this deep, and rank first through the store's boost.
 EXACT_DEPTH = 30
 
 
 def exact_keys(text: str) -> dict[str, tuple[str, ...]]:
-    """Payload keys an exact query matches: the SKU as typed, the title as typed."""
+    """Payload keys an exact query matches: the SKU as typed, the title as typed, a brand
+    name (a query that is exactly a brand ranks that brand's products first, as the brand
+    filter would)."""
     keys: dict[str, tuple[str, ...]] = {}
     if sku := sku_key(text):
         keys["sku_key"] = (sku,)
     if title := title_key(text):
         keys["title_key"] = (title,)
+    if brand := norm(text):
+        keys["brand"] = (brand,)
     return keys
 
 

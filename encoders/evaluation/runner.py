@@ -91,9 +91,12 @@ def _task_options(task: str, limit: int | None, queries: int | None,
 def run(task: str, *, out_dir: Path = DEFAULT_OUT, limit: int | None = None,
         seed: int = 0, queries: int | None = None, crop_queries: int | None = None,
         variants: list[str] | None = None, device: str = "cpu", use_cache: bool = True,
-        restock_photos: int | None = None) -> dict[str, Any]:
+        restock_photos: int | None = None,
+        text_retrieval: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        ) -> dict[str, Any]:
     """Run one task (or "all"); write <task>.json and <task>_recall.png into `out_dir`;
-    return the JSON document."""
+    return the JSON document. `text_retrieval` adds the text task's rows measured through
+    the vector store (given by the backend)."""
     names = list(TASKS) if task == "all" else [task]
     unknown = [n for n in names if n not in TASKS]
     if unknown:
@@ -110,6 +113,8 @@ def run(task: str, *, out_dir: Path = DEFAULT_OUT, limit: int | None = None,
         if variants is not None:
             opts["variants"] = [v for v in variants
                                 if v in tasks.IMAGE_VARIANTS or v == tasks.PHOTO_VARIANT]
+        if name == "text" and text_retrieval is not None:
+            opts["retrieval"] = text_retrieval
         task_fn: Callable[..., dict[str, Any]] = getattr(tasks, TASKS[name])
         result = task_fn(ctx, seed=seed, **opts)
         result["png"] = str(plot_curves(result, out_dir / f"{name}_recall.png"))
@@ -180,12 +185,14 @@ def add_arguments(parser: argparse.ArgumentParser, extra_tasks: Sequence[str] = 
     parser.add_argument("--no-cache", action="store_true", help="recompute gallery features")
 
 
-def run_from_args(args: argparse.Namespace) -> int:
+def run_from_args(args: argparse.Namespace,
+                  text_retrieval: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+                  ) -> int:
     doc = run(args.task, out_dir=Path(args.out), limit=args.limit, seed=args.seed,
               queries=args.queries, crop_queries=args.crop_queries,
               variants=args.variants.split(",") if args.variants else None,
               device=args.device, use_cache=not args.no_cache,
-              restock_photos=args.restock_photos)
+              restock_photos=args.restock_photos, text_retrieval=text_retrieval)
     if args.json:
         print(json.dumps(doc, ensure_ascii=False))
     else:

@@ -5,7 +5,7 @@ plot. All use real images only (see `datasets`)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -248,14 +248,29 @@ def shelf(ctx: Context, *, limit: int | None = None, queries: int | None = 500,
 # ---------------------------------------------------------------------------------- text
 
 
+def _embed_cached(ctx: Context, encoder: Any, name: str, tag: str, texts: list[str]
+                  ) -> np.ndarray:
+    key = cache_key(f"text-{name}", tag, texts)
+    docs = ctx.cache.get(key) if ctx.cache is not None else None
+    if docs is None or docs.shape[0] != len(texts):
+        docs = batched(encoder.encode, texts, f"{name} {tag}", batch=128)
+        if ctx.cache is not None:
+            ctx.cache.put(key, docs)
+    return np.asarray(docs)
+
+
 def _category_relevance(gallery: Sequence[ClipartItem], keys: Sequence[str]) -> np.ndarray:
     return np.array([[it.category == k or it.category.startswith(k + "/") for it in gallery]
                      for k in keys], dtype=bool)
 
 
 def text(ctx: Context, *, limit: int | None = None, queries: int | None = 300, seed: int = 0,
-         variants: Sequence[str] | None = None) -> dict[str, Any]:
-    """Text -> product on openclipart, English and Chinese twins."""
+         variants: Sequence[str] | None = None,
+         retrieval: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+         retrieval_encoder: str = "multilingual") -> dict[str, Any]:
+    """Text -> product on openclipart, English and Chinese twins. `retrieval` (given by the
+    backend, which this package does not import) adds rows measured through the vector
+    store, with `retrieval_encoder`'s vectors."""
     total = Timer()
     gallery = _openclipart_gallery(limit, seed)
     titles = [it.title for it in gallery]
@@ -293,6 +308,7 @@ def text(ctx: Context, *, limit: int | None = None, queries: int | None = 300, s
     results: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     curves: dict[str, dict[str, float]] = {}
+    retrieval_sets: dict[str, str] = {}
 
     def evaluate(name: str, docs: np.ndarray, encode: Any) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -333,6 +349,14 @@ def text(ctx: Context, *, limit: int | None = None, queries: int | None = 300, s
         results[name] = evaluate(name, docs, encoder.encode)
         results[name]["gallery"] = "title text of each product (text -> text)"
         results[name]["seconds"] = timer.seconds()
+        if retrieval is not None and name == retrieval_encoder:
+            extra_sets = retrieval({
+                "items": gallery, "sets": sets, "docs": docs, "encode": encoder.encode,
+                "embed_docs": lambda texts, tag, enc=encoder, n=name: _embed_cached(
+                    ctx, enc, n, tag, texts),
+                "query_rows": title_rows, "seed": seed})
+            results.update(extra_sets["variants"])
+            retrieval_sets = extra_sets["query_sets"]
 
     for variant in _variants(variants):
         if not isinstance(variant, Fused):
@@ -367,6 +391,7 @@ def text(ctx: Context, *, limit: int | None = None, queries: int | None = 300, s
                     "'红色的鸟'; colour measured from the pixels); relevant = every gallery "
                     "item in the item's category",
             "title": "the evaluation item's own title, English only; relevant = that item",
+            **retrieval_sets,
         },
         "metrics": "recall@K = share of queries with a relevant item in the top K; P@10; "
                    "MRR; zh_en_overlap@10 = mean |top10(zh) ∩ top10(en)| / 10",
