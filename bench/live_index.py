@@ -42,7 +42,7 @@ def main() -> None:
     rows: list[list[object]] = []
     try:
         load_s = load_store(store, "c", x, meta, quant=False, build=False)
-        print(f"upserted in {load_s:.1f} s; {store.index_state('c')}")
+        print(f"upserted in {load_s:.1f} s; {store.index_state('c')}", flush=True)
 
         def sample(filters: Filters, n: int) -> list[float]:
             out = []
@@ -56,6 +56,7 @@ def main() -> None:
             for name, flt in (("all", Filters()), ("filtered", FILTER)):
                 lat = sample(flt, args.queries)
                 rows.append([label, name, len(lat), pct(lat, 50), pct(lat, 95), max(lat) * 1e3])
+                print(*rows[-1], sep=" | ", flush=True)
 
         during: list[float] = []
         done = threading.Event()
@@ -78,6 +79,7 @@ def main() -> None:
         thread.join()
         rows.append([f"while the index builds ({build_s[0]:.1f} s)", "both", len(during),
                      pct(during, 50), pct(during, 95), max(during) * 1e3 if during else 0.0])
+        print(*rows[-1], sep=" | ", flush=True)
         for name, flt in (("all", Filters()), ("filtered", FILTER)):
             lat = sample(flt, args.queries)
             rows.append(["index built", name, len(lat), pct(lat, 50), pct(lat, 95),
