@@ -69,16 +69,23 @@ def main() -> None:
             done.set()
 
         thread = threading.Thread(target=build, name="build")
+        # The longest wait for an answer is the longest gap between answers: a search (or
+        # the thread issuing it) may be held up before the timer starts, e.g. by the GIL.
+        last = time.perf_counter()
+        stall = 0.0
         thread.start()
         i = 0
         while not done.is_set():
             start = time.perf_counter()
             store.search("c", "image", q[i % len(q)], FILTER if i % 2 else Filters(), 10)
-            during.append(time.perf_counter() - start)
+            end = time.perf_counter()
+            during.append(end - start)
+            stall, last = max(stall, end - last), end
             i += 1
         thread.join()
+        stall = max(stall, time.perf_counter() - last)
         rows.append([f"while the index builds ({build_s[0]:.1f} s)", "both", len(during),
-                     pct(during, 50), pct(during, 95), max(during) * 1e3 if during else 0.0])
+                     pct(during, 50), pct(during, 95), stall * 1e3])
         print(*rows[-1], sep=" | ", flush=True)
         for name, flt in (("all", Filters()), ("filtered", FILTER)):
             lat = sample(flt, args.queries)
@@ -88,7 +95,8 @@ def main() -> None:
     finally:
         store.close()
         shutil.rmtree(root, ignore_errors=True)
-    print(table(["state", "filter", "searches", "p50 ms", "p95 ms", "slowest ms"], rows))
+    print(table(["state", "filter", "searches", "p50 ms", "p95 ms",
+                 "slowest ms (while building: longest gap between answers)"], rows))
 
 
 if __name__ == "__main__":
