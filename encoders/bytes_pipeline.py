@@ -16,6 +16,7 @@ figures in bench/RESULTS.md measure.
 from __future__ import annotations
 
 import contextlib
+import io
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,13 +24,16 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from encoders.image import EfficientNetLite0Encoder
 from encoders.preprocess import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
 
-__all__ = ["BytesImageEncoder", "decode_batch", "letterbox_batch"]
+__all__ = ["BytesImageEncoder", "apply_orientation", "decode_batch", "exif_orientation",
+           "letterbox_batch"]
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
+_ORIENTATION = 0x0112
 
 
 def _byte_tensor(blob: bytes, pin: bool) -> torch.Tensor:
@@ -49,6 +53,7 @@ def decode_batch(blobs: Sequence[bytes], device: torch.device) -> list[torch.Ten
     if jpegs:
         data = [_byte_tensor(blobs[i], pin=cuda) for i in jpegs]
         try:
+            # On CUDA torchvision ignores apply_exif_orientation: applied below instead.
             decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device,
                                   apply_exif_orientation=True)
         except RuntimeError:
@@ -61,7 +66,7 @@ def decode_batch(blobs: Sequence[bytes], device: torch.device) -> list[torch.Ten
                 except RuntimeError as exc:
                     raise ValueError(f"image {i}: not a decodable JPEG ({exc})") from exc
         for i, img in zip(jpegs, decoded, strict=True):
-            out[i] = img
+            out[i] = apply_orientation(img, exif_orientation(blobs[i])) if cuda else img
     for i, blob in enumerate(blobs):
         if out[i] is not None:
             continue
@@ -72,6 +77,35 @@ def decode_batch(blobs: Sequence[bytes], device: torch.device) -> list[torch.Ten
             raise ValueError(f"image {i}: not a decodable image ({exc})") from exc
         out[i] = img.pin_memory().to(device, non_blocking=True) if cuda else img
     return [t for t in out if t is not None]
+
+
+def exif_orientation(blob: bytes) -> int:
+    """The EXIF orientation tag (1-8; 1 when absent or unreadable), from the headers only."""
+    try:
+        with Image.open(io.BytesIO(blob)) as img:
+            value = img.getexif().get(_ORIENTATION, 1)
+    except Exception:  # a broken header only loses the rotation
+        return 1
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def apply_orientation(img: torch.Tensor, orientation: int) -> torch.Tensor:
+    """(3, H, W) as displayed for an EXIF orientation, as PIL's `exif_transpose` does."""
+    if orientation == 2:
+        return img.flip(-1)
+    if orientation == 3:
+        return img.flip(-1).flip(-2)
+    if orientation == 4:
+        return img.flip(-2)
+    if orientation == 5:
+        return img.transpose(1, 2)
+    if orientation == 6:
+        return torch.rot90(img, -1, dims=(1, 2))
+    if orientation == 7:
+        return img.transpose(1, 2).flip(-1).flip(-2)
+    if orientation == 8:
+        return torch.rot90(img, 1, dims=(1, 2))
+    return img
 
 
 def letterbox_batch(images: Sequence[torch.Tensor], size: int = 224) -> torch.Tensor:

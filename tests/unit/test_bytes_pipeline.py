@@ -12,7 +12,13 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from encoders.bytes_pipeline import BytesImageEncoder, decode_batch, letterbox_batch
+from encoders.bytes_pipeline import (
+    BytesImageEncoder,
+    apply_orientation,
+    decode_batch,
+    exif_orientation,
+    letterbox_batch,
+)
 from encoders.image import EfficientNetLite0Encoder
 from encoders.preprocess import decode_image, image_tensor
 
@@ -75,6 +81,26 @@ def test_exif_orientation_is_applied() -> None:
     (decoded,) = decode_batch([blob], torch.device("cpu"))
     assert decoded.shape == (3, 400, 200)
     assert np.array_equal(np.asarray(decode_image(blob)).shape[:2], (400, 200))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_gpu_side_orientation_matches_pil(orientation: int) -> None:
+    # nvJPEG ignores EXIF, so the CUDA path rotates the decoded tensor itself.
+    from PIL import ImageOps
+
+    img = Image.new("RGB", (60, 40), "white")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((0, 0, 20, 10), fill="red")
+    draw.rectangle((40, 30, 59, 39), fill="blue")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    blob = _encoded(img, "PNG", exif=exif.tobytes())
+    assert exif_orientation(blob) == orientation
+    with Image.open(io.BytesIO(blob)) as stored:
+        expected = np.asarray(ImageOps.exif_transpose(stored.convert("RGB")))
+    raw = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+    got = apply_orientation(raw, orientation).permute(1, 2, 0).numpy()
+    assert np.array_equal(got, expected)
 
 
 def test_stream_keeps_order_and_names_a_bad_image(cnn: EfficientNetLite0Encoder) -> None:
