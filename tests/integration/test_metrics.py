@@ -26,6 +26,8 @@ SEARCH = "/product_search.v1.ProductSearch/Search"
 @pytest.fixture
 def endpoint(running: Running) -> Iterator[str]:
     metrics.watch_outbox(running.app.catalog)
+    app = running.app
+    metrics.watch_vector_index(app.vectors, app.settings.collection, app.indexer.maintainer)
     server, port = metrics.start_http("127.0.0.1", 0)
     try:
         yield f"http://127.0.0.1:{port}/metrics"
@@ -87,6 +89,13 @@ def test_metrics_endpoint_reports_real_calls(running: Running, endpoint: str) ->
     assert delta("prodsearch_vector_store_latency_seconds_count", op="search_fused") >= 1
     assert ("prodsearch_outbox_pending", ()) in after
     assert ("prodsearch_outbox_oldest_pending_age_seconds", ()) in after
+    # The vector index as the store reports it, and the background builder's state.
+    points = running.app.vectors.index_state(running.app.settings.collection).points
+    assert value(after, "prodsearch_vector_points") == points > 0
+    assert ("prodsearch_vector_indexed_vectors", ()) in after
+    builder = running.app.indexer.maintainer is not None  # off unless configured
+    assert (("prodsearch_index_builds", ()) in after) == builder
+    assert (("prodsearch_index_building", ()) in after) == builder
 
 
 class _Lagging:

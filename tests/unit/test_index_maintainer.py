@@ -1,6 +1,6 @@
 """The background index builder: builds after bulk writes once they pause (or have gone on
 too long), never for a trickle, one build at a time, a failed build reported and retried
-after more writes; and on qdrant-edge, searches keep being answered while it builds."""
+after more writes."""
 
 from __future__ import annotations
 
@@ -8,12 +8,9 @@ import threading
 import time
 from collections.abc import Callable
 
-import numpy as np
 import pytest
 
 from backend.domain.index_maintainer import IndexMaintainer
-from backend.domain.types import Filters
-from backend.stores.vectors.base import CollectionSpec, PointPayload, VectorPoint, point_id
 
 
 class FakeStore:
@@ -115,35 +112,3 @@ def test_rejects_bad_settings() -> None:
         IndexMaintainer(FakeStore(), "c", min_writes=0)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         IndexMaintainer(FakeStore(), "c", quiet_s=-1)  # type: ignore[arg-type]
-
-
-@pytest.mark.slow
-def test_edge_store_builds_in_the_background_while_searches_are_answered(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from backend.stores.vectors.edge import EdgeVectorStore
-
-    n, dim = 4000, 1280  # above the 10 MB full-scan threshold, so HNSW is built
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, dim)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    store = EdgeVectorStore(tmp_path / "edge")
-    store.ensure_collection(CollectionSpec("c", {"image": dim}))
-    for s in range(0, n, 1000):
-        store.upsert("c", [VectorPoint(point_id(f"p{i}", 0, "v"), {"image": x[i]}, PointPayload(
-            product_id=f"p{i}", position=0, model_version="v", catalog_version=1, merchant="m",
-            category=["a"], size="", material="", colour="", brand="", price=1.0,
-            in_stock=True, listed=True)) for i in range(s, min(n, s + 1000))])
-    assert store.index_state("c").indexed_vectors == 0
-    m = IndexMaintainer(store, "c", min_writes=1000, quiet_s=0.0)
-    try:
-        m.written(n)
-        answered = 0
-        while not (m.state().builds and not m.state().building):
-            hits = store.search("c", "image", x[answered % n], Filters(), 5)
-            assert hits[0].payload.product_id == f"p{answered % n}"
-            answered += 1
-            assert answered < 1_000_000
-        assert answered > 0
-        assert store.index_state("c").indexed_vectors >= n
-    finally:
-        m.close()
-        store.close()
