@@ -16,6 +16,7 @@ from backend.domain.catalog import CatalogService, ImageBlobStore
 from backend.domain.index_maintainer import IndexMaintainer
 from backend.domain.indexing import Indexer, collection_spec
 from backend.domain.match import MatchService
+from backend.domain.match_calibration import MatchCalibrator
 from backend.domain.photo_index import PhotoIndex
 from backend.domain.ports import VectorEncoder
 from backend.domain.reindex import (
@@ -162,6 +163,18 @@ class App:
     self_check: SelfCheck | None = None
     photo: PhotoIndex | None = None
 
+    @cached_property
+    def calibrator(self) -> MatchCalibrator:
+        """Fits and refreshes the match calibration (`prodsearch calibrate`)."""
+        return make_calibrator(self.settings, self.catalog, self.match, self.encoder)
+
+    def dense_match(self) -> MatchService:
+        """Matching on the dense image vectors alone (no local features): the baseline
+        `prodsearch eval --task match` compares with."""
+        s = self.settings
+        return MatchService(self.catalog, self.vectors, self.encoder, s.collection, s.search,
+                            s.data_dir)
+
     def ensure_collection(self) -> None:
         ensure_collection(self.vectors, self.settings, self.encoder)
 
@@ -194,6 +207,13 @@ def ensure_collection(vectors: VectorStore, settings: Settings, encoder: VectorE
         collection_spec(physical, encoder, settings.qdrant_shards, settings.qdrant_replicas)
     )
     vectors.set_alias(name, physical)
+
+
+def make_calibrator(settings: Settings, catalog: CatalogRepository, match: MatchService,
+                    encoder: VectorEncoder) -> MatchCalibrator:
+    return MatchCalibrator(catalog, match, encoder, settings.data_dir,
+                           max_image_pixels=settings.search.max_image_pixels,
+                           max_image_bytes=settings.images.max_file_bytes)
 
 
 class AppParts:
@@ -260,6 +280,14 @@ class AppParts:
                          batch=s.indexer_batch, max_image_pixels=s.search.max_image_pixels,
                          photo=self.photo)
 
+    @cached_property
+    def calibrator(self) -> MatchCalibrator:
+        """For ingest and reindex, which refresh a stale match calibration."""
+        s = self.settings
+        match = MatchService(self.catalog, self.vectors, self.encoder, s.collection, s.search,
+                             s.data_dir, photo=self.photo)
+        return make_calibrator(s, self.catalog, match, self.encoder)
+
     def ensure_collection(self) -> None:
         ensure_collection(self.vectors, self.settings, self.encoder)
 
@@ -313,7 +341,7 @@ def build_app(settings: Settings, encoder: VectorEncoder | None = None,
             image_paths=ImagePathPolicy(settings.images.roots, settings.images.max_file_bytes),
         ),
         match=MatchService(catalog, vectors, encoder, settings.collection, settings.search,
-                           settings.data_dir),
+                           settings.data_dir, photo=photo),
         restock=RestockService(catalog, vectors, encoder, settings.collection, settings.search,
                                photo=photo),
         index_wakeup=wakeup,

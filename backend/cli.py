@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from backend.config import Settings
+    from backend.domain.match_calibration import CalibrationReport, MatchCalibrator
 
 log = logging.getLogger("prodsearch")
 
@@ -122,10 +123,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         with tqdm(total=pending, desc="index", unit="product") as bar:
             stats = app.indexer.drain(settings.indexer_batch, progress=bar.update)
         vectors.build_index(vectors.resolve(settings.collection))
-    print(
-        f"indexed {stats.upserted_products} products ({stats.upserted_points} vectors), "
-        f"{stats.deleted_products} removed, {stats.image_errors} unreadable images"
-    )
+        print(
+            f"indexed {stats.upserted_products} products ({stats.upserted_points} vectors), "
+            f"{stats.deleted_products} removed, {stats.image_errors} unreadable images"
+        )
+        _refresh_calibration(app.calibrator)
     return status
 
 
@@ -236,6 +238,8 @@ def cmd_reindex(args: argparse.Namespace) -> int:
                 force=args.force, margin=args.margin, sample=args.sample,
                 baseline_encoder=baseline, keep_old=args.keep_old, grace_s=args.grace,
                 progress=bar.update, total=set_total)
+        if result.switched:
+            _refresh_calibration(app.calibrator)
     write_report(result, settings.data_dir / "reindex" / f"{result.new}.json")
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
@@ -259,33 +263,83 @@ def cmd_eval(args: argparse.Namespace) -> int:
     text_retrieval = None
     if args.task in ("text", "all"):
         # Lexical, dense and hybrid rows through the vector store, beside the encoder rows.
-        from backend.domain.text_eval import hybrid_rows
+        from backend.text_eval import hybrid_rows
         text_retrieval = hybrid_rows
     return run_from_args(args, text_retrieval)
 
 
 def _eval_match(args: argparse.Namespace) -> int:
-    """Fit the match calibration on pairs from the catalog in the data folder, save it for
-    the current model version, print precision / recall / F1 per verdict on held-out items."""
+    """Calibrate matching on the catalog in the data folder and print precision / recall /
+    F1 per verdict on held-out items, for easy and hard photos, before (dense photo path,
+    easy pairs only) and after."""
     import json
 
     from tqdm import tqdm
 
-    from backend.app import AppParts
-    from backend.match_job import calibrate_matching
+    from backend.app import build_app
 
-    settings = _settings(args)
-
-    def bar(total: int) -> Callable[[int], object]:
-        return tqdm(total=total, desc="match pairs", unit="pair").update
-
-    with AppParts(settings) as app:
-        catalog = app.catalog
+    app = build_app(_settings(args))
+    try:
         app.encoder.start()
-        report = calibrate_matching(settings, catalog, app.encoder, limit=args.limit or 200,
-                                    progress_factory=bar)
-    print(json.dumps(report, ensure_ascii=False, indent=None if args.json else 2))
+        with tqdm(desc="match listings", unit="listing") as bar:
+            report = app.calibrator.calibrate(args.limit or 200, progress=bar.update,
+                                              baseline=app.dense_match())
+    finally:
+        app.close()
+    print(json.dumps(report.to_dict(), ensure_ascii=False, indent=None if args.json else 2))
     return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import json
+
+    from backend.app import build_app
+    from backend.domain.match_calibration import NotEnoughProducts
+
+    app = build_app(_settings(args))
+    try:
+        calibrator = app.calibrator
+        status = calibrator.status()
+        if not status.stale and not args.force:
+            print(f"match calibration {status.path}: {status.reason}; nothing to do "
+                  "(--force fits it again)")
+            return 0
+        app.encoder.start()
+        report = calibrator.calibrate(args.items)
+    except NotEnoughProducts as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        app.close()
+    if args.json:
+        print(json.dumps(report.to_dict(), ensure_ascii=False))
+    else:
+        _print_calibration(report)
+    return 0
+
+
+def _print_calibration(report: CalibrationReport) -> None:
+    for skipped in report.skipped:
+        print(f"skipped {skipped.sku} ({skipped.uri}): {skipped.reason}", file=sys.stderr)
+    f1 = ", ".join(f"{name} photos SAME F1 {report.f1('SAME', name):.2f}"
+                   for name in report.conditions)
+    print(f"match calibration written to {report.path}: {report.items} items, "
+          f"{len(report.skipped)} images skipped; held out: {f1}")
+
+
+def _refresh_calibration(calibrator: MatchCalibrator) -> None:
+    """After ingest and reindex: fit the match calibration again when it is stale."""
+    from backend.domain.match_calibration import NotEnoughProducts
+
+    try:
+        report = calibrator.refresh()
+    except NotEnoughProducts as exc:
+        print(f"match calibration not refreshed: {exc}", file=sys.stderr)
+        return
+    if report is None:
+        print("match calibration is up to date")
+    else:
+        _print_calibration(report)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -475,6 +529,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-old", action="store_true", help="keep the old collection")
     p.add_argument("--grace", type=float, default=5.0,
                    help="seconds between the switch and dropping the old collection")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    p = add("calibrate", cmd_calibrate,
+            "fit the match calibration on the catalog when it is stale (or --force)")
+    server_opts(p)
+    p.add_argument("--items", type=int, default=120,
+                   help="catalog products sampled (8 labelled listings each; default 120)")
+    p.add_argument("--force", action="store_true", help="fit it even when it is current")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = add("eval", cmd_eval, "retrieval benchmarks on real images (JSON + Recall@K plot)")

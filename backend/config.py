@@ -118,13 +118,8 @@ class SearchSettings(BaseModel):
     # query lexically or are among its first `facet_top_n` hits.
     facet_top_n: int = Field(100, ge=1, le=1000)
     # Price facet bands: [0, 10), [10, 25), ..., [500, inf).
-<<<<<<< ours
-    facet_price_bands: list[float] = Field(
-        default_factory=lambda: [0.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0])
-=======
     facet_price_bands: list[float] = Field(default_factory=lambda: [0.0, 10.0, 25.0, 50.0,
                                                                     100.0, 250.0, 500.0])
->>>>>>> theirs
 
 
 class LimitsSettings(BaseModel):

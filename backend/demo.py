@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 import signal
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
@@ -16,11 +15,11 @@ from backend.app import App, build_app
 from backend.config import Settings
 from backend.demo_catalog import build_catalog, ensure_openclipart, pick_images, write_catalog
 from backend.domain.ingest import ingest_file
-from backend.domain.match_model import calibration_path
-from backend.match_job import calibrate_matching
 from backend.transport.grpc import client
 from backend.transport.grpc.server import BackgroundServer
-from encoders.evaluation.photos import EASY, SHELF, photo_jpeg, render_photo, render_shelf
+from encoders.photo_conditions import EASY, SHELF, photo_jpeg, render_photo, render_shelf
+
+DEMO_CALIBRATION_ITEMS = 60
 
 
 def photo_of(image_path: Path, seed: int = 3) -> bytes:
@@ -62,17 +61,17 @@ def prepare(settings: Settings, products: int) -> tuple[App, list[dict[str, obje
         print(f"indexed {stats.upserted_products} products")
     else:
         print("index already up to date: nothing to encode")
-    if not calibration_path(settings.data_dir, app.encoder.model_version).is_file():
+    status = app.calibrator.status()
+    if status.stale:
         app.encoder.start()
-        print("calibrating product matching on labelled pairs made from the catalog ...")
-
-        def pair_bar(total: int) -> Callable[[int], object]:
-            return tqdm(total=total, desc="match pairs", unit="pair").update
-
-        calibration = calibrate_matching(settings, app.catalog, app.encoder, limit=120,
-                                         progress_factory=pair_bar)
-        same = calibration["per_verdict"]["SAME"]  # type: ignore[index]
-        print(f"match calibration saved; held-out SAME F1 {same['f1']:.2f}")
+        print(f"calibrating product matching on labelled listings made from the catalog "
+              f"({status.reason}) ...")
+        with tqdm(desc="match listings", unit="listing") as bar:
+            calibration = app.calibrator.calibrate(DEMO_CALIBRATION_ITEMS,
+                                                   progress=bar.update)
+        easy, hard = calibration.f1("SAME", "easy"), calibration.f1("SAME", "hard")
+        print(f"match calibration saved; held-out SAME F1 {easy:.2f} (easy photos), "
+              f"{hard:.2f} (hard photos)")
     return app, catalog
 
 

@@ -8,6 +8,7 @@ A calibration belongs to one model version: vectors of another version mean othe
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +20,11 @@ ATTRIBUTES = ("size", "material", "colour", "brand")
 FEATURES = (
     "image_sim", "text_sim", "has_image", "size_diff", "material_diff", "colour_diff",
     "brand_diff", "n_diff", "image_sim*any_diff", "image_sim*n_diff", "image_sim^2",
-    "image_margin",
+    "image_margin", "verified", "log_inliers", "photo_probability",
 )
+# Where the photo's geometric verification against the candidate's stored local features
+# stands: no check (no local features, or a listing without a photo) reads as not verified.
+NO_VERIFICATION = {"verified": 0.0, "inliers": 0.0, "probability": 0.0}
 
 
 @dataclass(frozen=True)
@@ -41,10 +45,15 @@ def attribute_diffs(listing: dict[str, str], catalog: dict[str, str]) -> list[At
 
 
 def pair_features(image_sim: float | None, text_sim: float, diffs: list[AttributeDiff],
-                  best_other_image_sim: float | None = None) -> np.ndarray:
+                  best_other_image_sim: float | None = None,
+                  verification: dict[str, float] | None = None) -> np.ndarray:
     """`best_other_image_sim`: how well the listing's photo matches the best OTHER catalog
-    candidate; a photo matching another item better is rarely this one."""
+    candidate; a photo matching another item better is rarely this one. `verification`:
+    `verified` (0/1: a homography with enough inliers), `inliers` and the photo scorer's
+    `probability` (`backend.domain.photo_search`); a recoloured or re-photographed item
+    still verifies on its shapes where the CNN's cosine is fooled by clutter."""
     names = {d.field for d in diffs}
+    ver = verification or NO_VERIFICATION
     image = image_sim if image_sim is not None else 0.0
     # The interactions let a linear model say "VARIANT = the same look AND an attribute
     # differs": attribute differences alone must not outvote a photo that does not match.
@@ -59,6 +68,9 @@ def pair_features(image_sim: float | None, text_sim: float, diffs: list[Attribut
             image * len(diffs),
             image * image,
             image - best_other_image_sim if best_other_image_sim is not None else 0.0,
+            ver["verified"],
+            float(np.log1p(ver["inliers"])),
+            ver["probability"],
         ],
         dtype=np.float32,
     )
@@ -75,6 +87,9 @@ class MatchCalibration:
     weights: np.ndarray  # (len(FEATURES) + 1, 3): last row is the bias
     mean: np.ndarray
     scale: np.ndarray
+    # The catalog version the pairs were drawn from: a later catalog makes it stale.
+    catalog_version: int = 0
+    items: int = 0
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         x = (np.atleast_2d(features) - self.mean) / self.scale
@@ -104,16 +119,24 @@ class MatchCalibration:
         return cls(model_version, w.detach().numpy().copy(), mean, scale)
 
     def save(self, path: Path) -> None:
+        """Written to a temporary file, flushed and renamed over the old one: a reader sees
+        the previous calibration or this one, never a part."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        text = json.dumps({
             "model_version": self.model_version,
+            "catalog_version": self.catalog_version,
+            "items": self.items,
             "features": list(FEATURES),
             "verdicts": list(VERDICTS),
             "weights": self.weights.tolist(),
             "mean": self.mean.tolist(),
             "scale": self.scale.tolist(),
-        }, indent=1))
+        }, indent=1)
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
         tmp.replace(path)
 
     @classmethod
@@ -122,7 +145,8 @@ class MatchCalibration:
         if tuple(data["features"]) != FEATURES or tuple(data["verdicts"]) != VERDICTS:
             raise ValueError(f"{path} was made for other match features; recalibrate")
         return cls(data["model_version"], np.array(data["weights"]), np.array(data["mean"]),
-                   np.array(data["scale"]))
+                   np.array(data["scale"]), int(data.get("catalog_version", 0)),
+                   int(data.get("items", 0)))
 
 
 def calibration_path(data_dir: Path, model_version: str) -> Path:

@@ -137,7 +137,7 @@ class Queries:
 
     @classmethod
     def make(cls, products: list[Product], seed: int = 0) -> Queries:
-        from encoders.evaluation.photos import EASY, render_photo
+        from encoders.photo_conditions import EASY, render_photo
 
         rng = random.Random(seed)
         photos: list[Image.Image | None] = []

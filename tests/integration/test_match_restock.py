@@ -13,17 +13,15 @@ from PIL import Image
 from backend.demo import photo_of
 from backend.demo_catalog import OPENCLIPART_DIR, pick_images
 from backend.domain.dedup import find_duplicates
-from backend.match_job import calibrate_matching
 from backend.transport.grpc.generated.product_search.v1 import product_search_pb2 as pb
-from encoders.evaluation.photos import EASY, photo_jpeg, render_shelf
+from encoders.photo_conditions import EASY, photo_jpeg, render_shelf
 from tests.integration.conftest import Running
 
 
 @pytest.fixture(scope="module")
 def calibrated(running: Running) -> Running:
-    report = calibrate_matching(running.app.settings, running.app.catalog, running.app.encoder,
-                                limit=80)
-    assert Path(str(report["calibration_file"])).is_file()
+    report = running.app.calibrator.calibrate(items=80)
+    assert report.path.is_file()
     return running
 
 

@@ -71,3 +71,19 @@ def test_ingest_reports_a_missing_file(data_dir: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "ingest", "--data-dir", str(data_dir), str(data_dir / "no.jsonl"))
     assert code == 2 and "not found" in err
+
+
+@pytest.mark.slow  # two calibrations with local-feature verification of ~200 listings
+def test_ingest_refreshes_a_stale_match_calibration_and_calibrate_runs_on_demand(
+        tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    d = ("--data-dir", str(data_dir))
+    code, out, _ = run(capsys, "ingest", *d, str(make_catalog(tmp_path / "src", 12)))
+    assert code == 0 and "match calibration written to" in out and "12 items" in out
+    code, out, _ = run(capsys, "calibrate", *d)
+    assert code == 0 and "up to date at catalog version" in out and "nothing to do" in out
+    code, out, _ = run(capsys, "calibrate", "--force", "--items", "11", "--json", *d)
+    report = json.loads(out)
+    assert code == 0 and report["items"] == 11 and report["skipped_images"] == 0
+    assert set(report["conditions"]) == {"easy", "hard"}

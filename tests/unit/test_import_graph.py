@@ -1,13 +1,15 @@
 """The import graph of backend/ and encoders/, read from the source with `ast` (nothing is
 imported): no import cycle anywhere, imports inside functions and under TYPE_CHECKING
 included; encoders/ never imports backend/; the transport imports no store (nor the catalog's ORM);
-the domain imports no store and no SQL library (it types against `backend.domain.ports`).
+the domain imports no store and no SQL library (it types against `backend.domain.ports`);
+serving code never reaches evaluation, training, demo or benchmark code, directly or through
+another module.
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,10 @@ ORM_MODULES = ("backend.stores.catalog.models", "backend.stores.catalog.db", "sq
 OUTSIDE_THE_DOMAIN = ("backend.stores", "sqlalchemy", "backend.transport")
 
 Graph = dict[str, set[str]]
+# What a server or a catalog command must never load: evaluation, training, the demo's
+# catalog builder and the benchmarks. The command line and the demo may (they run them).
+NOT_SERVING = ("encoders.evaluation", "encoders.training", "backend.demo_catalog", "bench")
+ENTRY_POINTS = ("backend.cli", "backend.demo", "backend.demo_catalog")
 
 
 def module_name(path: Path) -> str:
@@ -166,3 +172,51 @@ def test_the_domain_check_sees_a_store_import(tmp_path: Path) -> None:
                     encoding="utf-8")
     names = set(imported_names(path, "backend.domain.service"))
     assert any(_under(n, OUTSIDE_THE_DOMAIN) for n in names)
+
+
+def serving_modules(modules: dict[str, Path]) -> list[str]:
+    """backend/ but the command line and the demo: the app, transport, domain, stores,
+    security; and encoders/ but evaluation and training."""
+    return sorted(m for m in modules
+                  if not _under(m, NOT_SERVING) and not _under(m, ENTRY_POINTS))
+
+
+def reached_outside_serving(graph: Graph, imports_of: Callable[[str], set[str]], start: str
+                            ) -> list[list[str]]:
+    """Import paths from `start` to a module of NOT_SERVING, through serving modules
+    (`imports_of(module)`: every name the module imports)."""
+    paths: list[list[str]] = []
+    seen = {start}
+    queue = [[start]]
+    while queue:
+        path = queue.pop(0)
+        for name in sorted(imports_of(path[-1])):
+            if _under(name, NOT_SERVING):
+                paths.append([*path, name])
+            elif name in graph and name not in seen:
+                seen.add(name)
+                queue.append([*path, name])
+    return paths
+
+
+def test_the_serving_check_follows_imports_through_other_modules() -> None:
+    graph: Graph = {"backend.domain.a": {"encoders.b"}, "encoders.b": set()}
+    imports = {"backend.domain.a": {"encoders.b", "numpy"},
+               "encoders.b": {"encoders.evaluation.photos"}}
+    paths = reached_outside_serving(graph, lambda m: imports.get(m, set()), "backend.domain.a")
+    assert paths == [["backend.domain.a", "encoders.b", "encoders.evaluation.photos"]]
+    files = {name: Path(f"{name}.py") for name in (
+        "backend.domain.a", "encoders.b", "backend.cli", "encoders.training.x", "bench.e2e")}
+    assert serving_modules(files) == ["backend.domain.a", "encoders.b"]
+
+
+def test_serving_code_never_imports_evaluation_training_demo_or_bench(
+        modules: dict[str, Path], graph: Graph) -> None:
+    serving = serving_modules(modules)
+    assert {"backend.app", "backend.domain.match", "backend.domain.match_calibration",
+            "backend.domain.reindex", "backend.transport.grpc.server",
+            "backend.stores.catalog.repository", "encoders.photo_conditions"} <= set(serving)
+    offenders = [" -> ".join(path) for module in serving
+                 for path in reached_outside_serving(
+                     graph, lambda m: external_imports(modules, m), module)]
+    assert not offenders, offenders
