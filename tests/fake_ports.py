@@ -17,8 +17,12 @@ from backend.domain.ports import InventoryChange, OutboxItem, UpsertOutcome
 from backend.domain.product_rules import category_key
 from backend.domain.types import Filters, ImageRef, Product, ProductInput, StockLevel
 from backend.domain.vectors import (
+    BOOST,
     RRF_K,
     CollectionSpec,
+    FacetCounts,
+    FacetQuery,
+    IndexState,
     PayloadPatch,
     PointPayload,
     Prefetch,
@@ -71,6 +75,10 @@ class FakeCatalog:
     def get_products(self, product_ids: list[str]) -> dict[str, Product]:
         self.reads.append(list(product_ids))
         return {pid: self.products[pid] for pid in product_ids if pid in self.products}
+
+    def product_versions(self, product_ids: Sequence[str]) -> dict[str, int]:
+        return {pid: self.products[pid].catalog_version for pid in product_ids
+                if pid in self.products}
 
     def get_product(self, product_id: str) -> Product:
         if product_id not in self.products:
@@ -162,6 +170,13 @@ def matches(payload: PointPayload, filters: Filters) -> bool:
     return True
 
 
+def _any_of(payload: PointPayload, keys: dict[str, tuple[str, ...]] | None) -> bool:
+    """Whether the payload has one of the accepted values of any key (no keys: yes)."""
+    if keys is None:
+        return True
+    return any(str(getattr(payload, k, "")) in values for k, values in keys.items())
+
+
 class MemoryVectorStore:
     """The `VectorStore` port in memory: exact cosine ranking, filters applied before the
     limit (as inside an index query). `searches` records (vector name, filters) per call."""
@@ -229,19 +244,35 @@ class MemoryVectorStore:
         return ranked[offset:offset + limit]
 
     def search_fused(self, collection: str, prefetches: list[Prefetch], filters: Filters,
-                     limit: int, with_vectors: list[str] | None = None) -> list[ScoredPoint]:
-        """Reciprocal rank fusion of the dense prefetches (sparse ones are not modelled)."""
+                     limit: int, with_vectors: list[str] | None = None, fusion: str = "rrf",
+                     boost: dict[str, tuple[str, ...]] | None = None) -> list[ScoredPoint]:
+        """Reciprocal rank fusion of the dense prefetches (sparse ones are not modelled; DBSF
+        is ranked as RRF), a prefetch's `any_of` on top of the filter, BOOST for `boost`."""
         fused: dict[str, ScoredPoint] = {}
         for pf in prefetches:
             if isinstance(pf.vector, SparseVector):
                 continue
-            hits = self.search(collection, pf.name, pf.vector, filters, pf.depth, 0,
+            hits = self.search(collection, pf.name, pf.vector, filters, 10**9, 0,
                                bool(with_vectors))
+            hits = [h for h in hits if _any_of(h.payload, pf.any_of)][:pf.depth]
+            if fusion == "none":
+                return hits[:limit]
             for rank, hit in enumerate(hits):
                 entry = fused.setdefault(hit.id, ScoredPoint(hit.id, 0.0, hit.payload,
                                                              hit.vectors))
                 entry.score += 1.0 / (RRF_K + rank)
+        if boost:
+            for entry in fused.values():
+                if _any_of(entry.payload, boost):
+                    entry.score += BOOST
         return sorted(fused.values(), key=lambda s: (-s.score, s.id))[:limit]
+
+    def facets(self, collection: str, query: FacetQuery) -> FacetCounts:
+        raise NotImplementedError("facets are tested against both real stores")
+
+    def index_state(self, collection: str) -> IndexState:
+        n = len(self._points(collection))
+        return IndexState(points=n, indexed_vectors=n)
 
     def get_vectors(self, collection: str, product_id: str, vector_name: str
                     ) -> list[tuple[int, np.ndarray]]:

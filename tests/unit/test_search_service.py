@@ -10,6 +10,7 @@ import pytest
 from backend.config import SearchSettings
 from backend.domain.search import SearchQuery, SearchService
 from backend.domain.types import Filters, PriceRange, SearchResult
+from backend.domain.vectors import RRF_K
 from backend.errors import InvalidInput, NotFound, NotReady
 from backend.security import Principal, Role, acting_as
 from tests.fake_ports import FakeCatalog, MemoryVectorStore, make_product, vector_at
@@ -57,7 +58,9 @@ def test_text_search_ranks_products_by_their_best_image() -> None:
     assert ids(result) == ["d", "a", "e", "b", "c"]
     e = result.hits[2]
     assert e.matched_image == -1  # a text query matched no image
-    assert e.score == pytest.approx(0.85, abs=1e-5)  # e's best point, not its other one
+    # Text is fused in the store (dense + lexical lists; the fake models the dense one): e
+    # scores as its best point, third in the dense list, not as its other one.
+    assert e.score == pytest.approx(1.0 / (RRF_K + 2))
     assert result.catalog_version == 7  # what the index reflects, not the newest write
     assert result.model_version == world.encoder.model_version
     assert result.next_page_token == ""
