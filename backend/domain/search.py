@@ -178,7 +178,8 @@ class SearchService:
             # Always the same candidate pool, whatever the page: MMR picks greedily, so every
             # page is then a slice of one ranking (no repeats or gaps between pages).
             limit = max(limit, _MMR_POOL * self._settings.max_diversify_window)
-        points, vector_name, dense = await self._candidates(query, filters, collection, limit)
+        points, vector_name, dense = await self._candidates(
+            query, filters, collection, limit, (offset + top_k) * _GROUP_OVERFETCH)
         ranked = (_best_per_product(points) if len(points) <= _INLINE_RANK
                   else await self._io(_best_per_product, points))
         facets = await self._facets(query, filters, collection,
@@ -192,7 +193,7 @@ class SearchService:
         if query.explain and dense is not None:
             parts = await self._io(
                 explain_parts, self._vectors, collection, query.text.strip(), dense, filters,
-                page, max(self._settings.text_depth, limit))
+                page, max(self._settings.text_depth, (offset + top_k) * _GROUP_OVERFETCH))
             for i, p in enumerate(page):
                 parts[p.id]["fused_rank"] = float(offset + i)
         hits = [
@@ -262,7 +263,8 @@ class SearchService:
         return top_k
 
     async def _candidates(
-        self, query: SearchQuery, filters: Filters, collection: str, limit: int
+        self, query: SearchQuery, filters: Filters, collection: str, limit: int,
+        page_limit: int | None = None,
     ) -> tuple[list[ScoredPoint], str, np.ndarray | None]:
         """Candidate points, the vector name they were ranked by ("" for fused photo+text)
         and the dense text vector of a text-only query (None otherwise)."""
@@ -307,7 +309,7 @@ class SearchService:
             dense = encoded[0]["text"]
             points = await self._io(
                 search_text, self._vectors, collection, text, dense, filters, limit,
-                self._settings, with_vectors or query.explain)
+                self._settings, with_vectors or query.explain, page_limit)
             return points, "text", dense
 
         def run(vectors: dict[str, np.ndarray]) -> list[ScoredPoint]:

@@ -59,10 +59,12 @@ def text_prefetches(text: str, dense: np.ndarray, depth: int, *, lexical: bool =
 
 def search_text(vectors: VectorStore, collection: str, text: str, dense: np.ndarray,
                 filters: Filters, limit: int, settings: SearchSettings,
-                with_vectors: bool = False) -> list[ScoredPoint]:
-    """One fused query; the text vector is always returned when explaining or diversifying
-    needs it."""
-    depth = max(settings.text_depth, limit)
+                with_vectors: bool = False, page_limit: int | None = None
+                ) -> list[ScoredPoint]:
+    """One fused query; the text vector is returned when explaining or diversifying needs
+    it. Each list is as deep as the page needs (`page_limit`, default `limit`), so asking
+    for more candidates (the facets' top hits) does not reorder the page."""
+    depth = max(settings.text_depth, page_limit or limit)
     return vectors.search_fused(
         collection, text_prefetches(text, dense, depth), filters, limit,
         with_vectors=[TEXT] if with_vectors else None, fusion=settings.text_fusion,

@@ -161,7 +161,7 @@ def test_one_list_keeps_its_own_scores(backend: Backend) -> None:
 
 
 def test_dbsf_fusion_and_boost(backend: Backend) -> None:
-    prefetches = text_prefetches("MUM-1003-X", far_from("p03"), 50)
+    prefetches = text_prefetches("UMB-1003-X", far_from("p03"), 50)
     hits = backend.store.search_fused(backend.collection, prefetches, Filters(), 5,
                                       fusion="dbsf", boost=exact_keys("UMB-1003-X"))
     assert hits[0].payload.product_id == "p03"

@@ -114,6 +114,11 @@ def test_facets_equal_sql_counts(service: tuple[SearchService, Engine], query: s
         text=query, filters=Filters(brands=brands, price=PriceRange(min=10.0)), top_k=10,
         facets=FACETS)))
     top_ids = [h.product.product_id for h in result.hits][:TOP_N]
+    # Asking for facets does not change the page.
+    plain = asyncio.run(svc.search(SearchQuery(
+        text=query, filters=Filters(brands=brands, price=PriceRange(min=10.0)), top_k=10)))
+    assert [h.product.product_id for h in plain.hits] == \
+        [h.product.product_id for h in result.hits]
     expected = sql_facets(engine, sqlite_catalog, query, 10.0, brands, top_ids)
     assert set(result.facets) == set(FACETS)
     for key in FACETS:
