@@ -21,12 +21,14 @@ CATEGORIES = [f"cat{i:02d}/sub{j}" for i in range(10) for j in range(4)]
 COLOURS = ["red", "blue", "green", "black", "white"]
 
 
-def settings(data_dir: Path, **encoder: Any) -> Settings:
+def settings(data_dir: Path, image_roots: list[Path] | None = None,
+             **encoder: Any) -> Settings:
     enc = {"runtime": "onnx", **encoder}
     # No self-check: it would "repair" the synthetic vectors `fill` writes (re-encoding
     # every product in the background) while the benchmark measures.
     return load_settings(data_dir=data_dir, auth={"enabled": False}, encoder=enc,
-                         indexer_poll_ms=20, log_level="WARNING", selfcheck_interval_s=0)
+                         indexer_poll_ms=20, log_level="WARNING", selfcheck_interval_s=0,
+                         images={"roots": image_roots or []})
 
 
 def photo_jpeg(size: tuple[int, int] = (1600, 1200), colour: str = "red", seed: int = 0) -> bytes:
@@ -93,5 +95,6 @@ def fill(app: App, n: int, seed: int = 0, chunk: int = 2000) -> float:
     return time.perf_counter() - start
 
 
-def make_app(data_dir: Path, **encoder: Any) -> App:
-    return build_app(settings(data_dir, **encoder))
+def make_app(data_dir: Path, image_roots: list[Path] | None = None, **encoder: Any) -> App:
+    """`image_roots`: folders catalog image paths may point into (server-side paths)."""
+    return build_app(settings(data_dir, image_roots, **encoder))

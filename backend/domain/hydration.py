@@ -10,10 +10,11 @@ whose version matches is the catalog's current state, so responses are exactly w
 read would return (a change still waiting in the outbox included); the rest is read in full
 and remembered.
 
-The version search reflects (`indexed_version`, an outbox scan) is kept in memory too: a
-value up to `ttl_s` old is a lower bound of the true one, so it is still honest in a
-response ("everything up to it is indexed"), and a request that asks for a newer version
-(read-your-writes) makes it read again before it is refused.
+The version search reflects (`indexed_version`, an outbox scan) is kept in memory too, read
+at most every `ttl_s`: the indexer only moves it forward as it works through the outbox, so
+a copy that old understates it rather than claiming changes that are not indexed yet, and a
+request that asks for a newer version (read-your-writes) makes it read again before it is
+refused.
 """
 
 from __future__ import annotations
