@@ -239,6 +239,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
                 baseline_encoder=baseline, keep_old=args.keep_old, grace_s=args.grace,
                 progress=bar.update, total=set_total)
         if result.switched:
+            app.encoder.start()  # idempotent: the new model version needs its calibration
             _refresh_calibration(app.calibrator)
     write_report(result, settings.data_dir / "reindex" / f"{result.new}.json")
     if args.json:
