@@ -116,6 +116,30 @@ def filter_spec(filters: Filters) -> FilterSpec:
     return spec
 
 
+def payload_matches(spec: FilterSpec, payload: dict[str, object]) -> bool:
+    """The same filter evaluated on one point's payload, as the stores evaluate it (a list
+    value matches when any element does): for candidates that come from outside the store,
+    e.g. photo search's descriptor vote."""
+
+    def holds(cond: Condition) -> bool:
+        if isinstance(cond, FilterSpec):
+            return payload_matches(cond, payload)
+        value = payload.get(cond.key)
+        values = value if isinstance(value, list | tuple) else [value]
+        if isinstance(cond, MatchAny):
+            return any(isinstance(v, str) and v in cond.values for v in values)
+        if isinstance(cond, MatchBool):
+            return any(isinstance(v, bool | np.bool_) and bool(v) == cond.value
+                       for v in values)
+        return any(isinstance(v, int | float) and not isinstance(v, bool)
+                   and (cond.gte is None or v >= cond.gte)
+                   and (cond.lte is None or v <= cond.lte) for v in values)
+
+    return (all(holds(c) for c in spec.must)
+            and not any(holds(c) for c in spec.must_not)
+            and (not spec.should or any(holds(c) for c in spec.should)))
+
+
 def products_spec(product_ids: list[str]) -> FilterSpec:
     return FilterSpec(must=[MatchAny("product_id", tuple(product_ids))])
 
