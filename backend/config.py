@@ -92,15 +92,13 @@ class SearchSettings(BaseModel):
     # Query photos that are JPEGs are decoded at a reduced scale (JPEG draft mode, a power
     # of 2) keeping both sides >= this many pixels; 0 decodes at full size.
     query_image_draft_px: int = Field(448, ge=0)
-    # Local features (OpenCV keypoints + descriptors) of every catalog image: visual words
-    # find candidates, geometric verification ranks them and boxes the product in the photo.
-    # Off: photo search and restock use the dense image vectors alone.
+    # Local features (OpenCV keypoints + descriptors) of every catalog image: a vote of the
+    # photo's descriptors finds candidates, geometric verification boxes the product in the
+    # photo. Off: photo search and restock use the dense image vectors alone.
     local_features: bool = True
-    # Candidate images verified geometrically per photo query (each costs descriptor matching
-    # and a RANSAC fit): the first `verify_first`, then up to `verify_top` only when none of
-    # those passed the scorer's verified threshold.
-    verify_first: int = Field(8, ge=1, le=500)
-    verify_top: int = Field(24, ge=1, le=500)
+    # Most voted candidate images verified geometrically per photo query (a RANSAC fit over
+    # each one's vote correspondences, no matching pass).
+    verify_top: int = Field(20, ge=1, le=500)
     feature_workers: int = Field(2, ge=1, le=64)  # threads extracting and verifying
     # Shipped vocabulary / scorer (encoders/checkpoints) unless a file is given.
     vocabulary_file: str = ""

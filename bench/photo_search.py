@@ -1,5 +1,6 @@
 """Photo query latency end to end over gRPC at catalog scale: the photo path on local features
-(dense views + visual words fused in qdrant-edge, geometric verification, calibrated score)
+(descriptor vote over the FAISS descriptor index beside the dense views fused in
+qdrant-edge, verification on the votes, calibrated score)
 beside today's photo path (dense image vectors only), in the same run, on the same server
 process, the same index and the same photos, queries alternating between the two. Also
 reports Recall@1 on those photos, ingest throughput and index size per product.
@@ -165,6 +166,9 @@ def main() -> None:
 
     collection = app.vectors.resolve(app.settings.collection)
     feature_bytes = app.photo.store.size_bytes(collection)
+    descriptors = app.photo.descriptors(collection)
+    app.photo.snapshot(collection)
+    snapshot_bytes = _dir_bytes(app.photo.store.root / collection / ".descriptors")
     vector_bytes = _dir_bytes(app.settings.vectors_dir / collection)
     n = int(built["products"])
     app.close()
@@ -182,6 +186,8 @@ def main() -> None:
         ["local-feature files", feature_bytes / 2**20, feature_bytes / 1024 / n],
         ["vector store (dense + visual words + payload)", vector_bytes / 2**20,
          vector_bytes / 1024 / n],
+        [f"descriptor index snapshot ({descriptors.descriptors:,} descriptors; held in "
+         "memory by each search process)", snapshot_bytes / 2**20, snapshot_bytes / 1024 / n],
     ]))
 
 

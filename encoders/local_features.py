@@ -19,11 +19,13 @@ single-threaded around verification (`threadpoolctl.threadpool_limits(1)`, as
 `encoders.photo_match.PhotoMatcher` does): with threads on 2 shared cores, a 1 ms match
 took 15 ms in measurement.
 
-PhotoScorer signals (any may be missing; a missing one takes its documented default):
-- "inliers": verified RANSAC inliers with the candidate (0 when verification failed)
-- "inlier_ratio": inliers / ratio-test matches (0..1)
+PhotoScorer signals (any may be missing; a missing one takes its documented default, 0):
+- "votes": query descriptors whose nearest catalog descriptor (ratio test against another
+  product) is in the candidate image (`encoders.descriptor_index`)
+- "vote_share": votes / every query descriptor that passed the ratio test (0..1)
+- "inliers": RANSAC inliers among the votes' correspondences (0 when verification failed)
+- "inlier_ratio": inliers / votes (0..1)
 - "dense_cos": cosine of the global CNN vectors of photo and catalog image
-- "sparse_rank": 0-based rank of the candidate in the visual-word search
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ __all__ = [
     "root_sift",
     "train_vocabulary",
     "verify",
+    "verify_matches",
 ]
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
@@ -136,13 +139,19 @@ def root_sift(descriptors: np.ndarray) -> np.ndarray:
 class ExtractorSettings:
     """Images are resized so that the longest side lies in [min_side, max_side]."""
 
-    catalog_min_side: int = 320  # small catalog images are upscaled
-    catalog_max_side: int = 320  # near the item's size in a photo: more repeatable keypoints
+    # Catalog images at 480 px with a low contrast threshold: more keypoints for the vote
+    # (measured on train-split photos, bench/photo_vote_dev.py; 640 px costs twice the
+    # extraction time at ingest).
+    catalog_min_side: int = 480  # small catalog images are upscaled
+    catalog_max_side: int = 480
     catalog_keypoints: int = 500
     query_min_side: int = 384
     query_max_side: int = 960  # phone photos are downscaled: time grows with pixels
     query_keypoints: int = 1500
     contrast_threshold: float = 0.03  # SIFT default 0.04; lower keeps keypoints under blur
+    # Catalog images are clean: a lower threshold gives flat clip art the keypoints a vote
+    # needs (0 = contrast_threshold).
+    catalog_contrast_threshold: float = 0.01
 
 
 class LocalFeatureExtractor:
@@ -152,19 +161,21 @@ class LocalFeatureExtractor:
     def __init__(self, settings: ExtractorSettings | None = None) -> None:
         self.settings = settings or ExtractorSettings()
         s = self.settings
+        catalog_t = (f"-ct{s.catalog_contrast_threshold:g}" if s.catalog_contrast_threshold
+                     else "")
         self.version = (f"sift-c{s.catalog_min_side}-{s.catalog_max_side}k{s.catalog_keypoints}"
                         f"-q{s.query_min_side}-{s.query_max_side}k{s.query_keypoints}"
-                        f"-t{s.contrast_threshold:g}-f{_FORMAT}")
+                        f"-t{s.contrast_threshold:g}{catalog_t}-f{_FORMAT}")
         self._local = threading.local()
 
-    def _detector(self, keypoints: int) -> Any:
+    def _detector(self, keypoints: int, contrast: float) -> Any:
         cache = getattr(self._local, "detectors", None)
         if cache is None:
             cache = self._local.detectors = {}
-        if keypoints not in cache:
-            cache[keypoints] = cv2.SIFT_create(  # type: ignore[attr-defined]
-                nfeatures=keypoints, contrastThreshold=self.settings.contrast_threshold)
-        return cache[keypoints]
+        if (keypoints, contrast) not in cache:
+            cache[keypoints, contrast] = cv2.SIFT_create(  # type: ignore[attr-defined]
+                nfeatures=keypoints, contrastThreshold=contrast)
+        return cache[keypoints, contrast]
 
     def extract(self, image: Image.Image, *, query: bool = False) -> LocalFeatures:
         """Features of a catalog image, or with `query=True` of a photo to search with.
@@ -179,7 +190,9 @@ class LocalFeatureExtractor:
         if abs(scale - 1.0) > 1e-3:
             grey = cv2.resize(grey, (max(1, round(width * scale)), max(1, round(height * scale))),
                               interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
-        kps, desc = self._detector(count).detectAndCompute(grey, None)
+        contrast = (s.contrast_threshold if query or not s.catalog_contrast_threshold
+                    else s.catalog_contrast_threshold)
+        kps, desc = self._detector(count, contrast).detectAndCompute(grey, None)
         if desc is None or not kps:
             return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8),
                                  (width, height))
@@ -433,21 +446,32 @@ def verify(query: LocalFeatures, candidate: LocalFeatures,
     qd = root_sift(query.descriptors) if query_root is None else query_root
     cd = root_sift(candidate.descriptors) if candidate_root is None else candidate_root
     qi, ci = match_descriptors(qd, cd, s.ratio)
-    if len(qi) < s.min_inliers:
-        return Verification(0, 0.0, None, None, len(qi), 0.0)
-    src = candidate.keypoints[ci].reshape(-1, 1, 2)
-    dst = query.keypoints[qi].reshape(-1, 1, 2)
+    return verify_matches(query.keypoints[qi], query.size, candidate.keypoints[ci],
+                          candidate.size, s)
+
+
+def verify_matches(query_points: np.ndarray, query_size: tuple[int, int],
+                   candidate_points: np.ndarray, candidate_size: tuple[int, int],
+                   settings: VerifySettings | None = None) -> Verification:
+    """RANSAC homography over given correspondences (row i of `query_points` matches row i
+    of `candidate_points`), e.g. those of a descriptor vote: no second matching pass."""
+    s = settings or VerifySettings()
+    n = len(query_points)
+    if n < s.min_inliers:
+        return Verification(0, 0.0, None, None, n, 0.0)
+    src = np.asarray(candidate_points, dtype=np.float32).reshape(-1, 1, 2)
+    dst = np.asarray(query_points, dtype=np.float32).reshape(-1, 1, 2)
     h, mask = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, s.ransac_px, maxIters=2000,
                                  confidence=0.995)
     if h is None or mask is None:
-        return Verification(0, 0.0, None, None, len(qi), 0.0)
+        return Verification(0, 0.0, None, None, n, 0.0)
     inliers = int(mask.sum())
-    if inliers < s.min_inliers or not _plausible(h, candidate.size, s):
-        return Verification(0, 0.0, None, None, len(qi), 0.0)
-    box = _project_box(h, candidate.size, query.size)
+    if inliers < s.min_inliers or not _plausible(h, candidate_size, s):
+        return Verification(0, 0.0, None, None, n, 0.0)
+    box = _project_box(h, candidate_size, query_size)
     if box is None:
-        return Verification(0, 0.0, None, None, len(qi), 0.0)
-    return Verification(inliers, float(inliers), box, h, len(qi), inliers / len(qi))
+        return Verification(0, 0.0, None, None, n, 0.0)
+    return Verification(inliers, float(inliers), box, h, n, inliers / n)
 
 
 def _project_box(h: np.ndarray, size: tuple[int, int], frame: tuple[int, int]
@@ -475,19 +499,21 @@ def _project_box(h: np.ndarray, size: tuple[int, int], frame: tuple[int, int]
 
 # -------------------------------------------------------------------------------- scorer
 
-SCORER_SIGNALS = ("inliers", "inlier_ratio", "dense_cos", "sparse_rank")
-_DEFAULTS = {"inliers": 0.0, "inlier_ratio": 0.0, "dense_cos": 0.0, "sparse_rank": 1000.0}
+SCORER_SIGNALS = ("votes", "vote_share", "inliers", "inlier_ratio", "dense_cos")
+_DEFAULTS = {"votes": 0.0, "vote_share": 0.0, "inliers": 0.0, "inlier_ratio": 0.0,
+             "dense_cos": 0.0}
+SCORER_TRANSFORM = "log1p(votes), vote_share, log1p(inliers), inlier_ratio, dense_cos"
 
 
 def scorer_features(signals: dict[str, float], defaults: dict[str, float] | None = None
                     ) -> np.ndarray:
-    """The scorer's input row: log1p(inliers), inlier_ratio, dense_cos,
-    log1p(sparse_rank), each missing signal replaced by its default."""
+    """The scorer's input row (SCORER_TRANSFORM), each missing signal replaced by its
+    default."""
     d = {**_DEFAULTS, **(defaults or {})}
     value = {k: float(signals.get(k, d[k])) for k in SCORER_SIGNALS}
-    return np.array([math.log1p(max(0.0, value["inliers"])), value["inlier_ratio"],
-                     value["dense_cos"], math.log1p(max(0.0, value["sparse_rank"]))],
-                    dtype=np.float64)
+    return np.array([math.log1p(max(0.0, value["votes"])), value["vote_share"],
+                     math.log1p(max(0.0, value["inliers"])), value["inlier_ratio"],
+                     value["dense_cos"]], dtype=np.float64)
 
 
 @dataclass
@@ -500,6 +526,9 @@ class PhotoScorer:
     threshold: float = 0.5
     defaults: dict[str, float] = field(default_factory=lambda: dict(_DEFAULTS))
     info: dict[str, Any] = field(default_factory=dict)
+    # Restock reports a product verified with at least this many inliers (calibrated on
+    # training shelf photos for item recall against false SKUs per photo).
+    restock_min_inliers: int = 12
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> PhotoScorer:
@@ -509,17 +538,18 @@ class PhotoScorer:
                              f"{list(SCORER_SIGNALS)}")
         return cls(np.array(data["weights"], dtype=np.float64), float(data["bias"]),
                    float(data["threshold"]), {**_DEFAULTS, **data.get("defaults", {})},
-                   data.get("info", {}))
+                   data.get("info", {}), int(data.get("restock_min_inliers", 12)))
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({
             "features": list(SCORER_SIGNALS),
-            "transform": "log1p(inliers), inlier_ratio, dense_cos, log1p(sparse_rank)",
+            "transform": SCORER_TRANSFORM,
             "weights": [round(float(w), 6) for w in self.weights],
             "bias": round(float(self.bias), 6),
             "threshold": self.threshold,
+            "restock_min_inliers": self.restock_min_inliers,
             "defaults": self.defaults,
             "info": self.info,
         }, indent=2) + "\n")

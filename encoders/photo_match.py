@@ -1,7 +1,10 @@
-"""An in-memory photo matcher over a catalog's local features: visual-word candidates
-(IDF-weighted sparse dot product, as Qdrant's IDF modifier computes it) -> geometric
-verification of the top candidates -> PhotoScorer. Evaluation and scorer training use it;
-the server does the same steps with the vector store holding the words.
+"""In-memory photo matchers over a catalog's local features, for evaluation and scorer
+training:
+
+- VoteMatcher: the server's path (backend.domain.photo_search): nearest-descriptor vote over
+  a DescriptorIndex -> verification on the votes' correspondences -> PhotoScorer;
+- PhotoMatcher: the earlier path kept for comparison: visual-word candidates (IDF-weighted
+  sparse dot product, as Qdrant's IDF modifier computes it) -> verification -> ranking.
 """
 
 from __future__ import annotations
@@ -13,16 +16,20 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from encoders.descriptor_index import DescriptorIndex, Votes
 from encoders.local_features import (
     LocalFeatures,
     PhotoScorer,
     Verification,
+    VerifySettings,
     VisualVocabulary,
     root_sift,
     verify,
+    verify_matches,
 )
 
-__all__ = ["Candidate", "PhotoMatcher", "qdrant_idf"]
+__all__ = ["Candidate", "PhotoMatcher", "VoteCandidate", "VoteMatcher", "qdrant_idf",
+           "verify_votes", "vote_signals"]
 
 
 def qdrant_idf(n_docs: int, doc_freq: np.ndarray) -> np.ndarray:
@@ -109,4 +116,93 @@ class PhotoMatcher:
             bonus = (c.probability if self.scorer is not None
                      else 1 - math.exp(-c.verification.inliers / 10))
             final[c.index] = 2.0 + bonus if c.verification.verified else final[c.index]
+        return final, cands
+
+
+# ------------------------------------------------------------------- descriptor vote
+
+# Voted candidates a query looks at, and how many of them are verified (on their votes'
+# correspondences: a RANSAC fit over a few dozen points each, no matching pass).
+VOTE_DEPTH = 40
+VERIFY_VOTED = 20
+
+
+def vote_signals(votes: int, passed: int, verification: Verification | None,
+                 dense_cos: float | None) -> dict[str, float]:
+    """The scorer's signals of one candidate (encoders.local_features documents them)."""
+    out = {"votes": float(votes), "vote_share": votes / passed if passed else 0.0}
+    if verification is not None:
+        out["inliers"] = float(verification.inliers)
+        out["inlier_ratio"] = (verification.inliers / votes) if votes else 0.0
+    if dense_cos is not None:
+        out["dense_cos"] = float(dense_cos)
+    return out
+
+
+def verify_votes(query: LocalFeatures, votes: Votes, key: str,
+                 settings: VerifySettings | None = None) -> Verification | None:
+    """Geometric verification of one voted candidate on its votes' correspondences; None
+    when it has no votes."""
+    if key not in votes.matches:
+        return None
+    rows, points = votes.matches[key]
+    return verify_matches(query.keypoints[rows], query.size, points, votes.sizes[key],
+                          settings)
+
+
+@dataclass(frozen=True)
+class VoteCandidate:
+    index: int  # catalog row
+    votes: int
+    verification: Verification | None
+    dense_cos: float | None
+    probability: float
+    signals: dict[str, float]
+
+
+class VoteMatcher:
+    """The server's photo path in memory (evaluation, scorer training): the catalog's
+    descriptors in a DescriptorIndex, vote -> verification on the votes -> PhotoScorer over
+    votes, inliers and dense cosine. Keys are catalog rows."""
+
+    def __init__(self, features: Sequence[LocalFeatures], scorer: PhotoScorer | None = None,
+                 index: DescriptorIndex | None = None, groups: Sequence[str] | None = None
+                 ) -> None:
+        self.features = list(features)
+        self.scorer = scorer
+        self.index = index if index is not None else DescriptorIndex.empty()
+        names = groups if groups is not None else [str(i) for i in range(len(self.features))]
+        self.index.add_many((str(i), names[i], f, "") for i, f in enumerate(self.features))
+
+    def candidates(self, query: LocalFeatures, dense: np.ndarray | None = None,
+                   extra: Sequence[int] = (), depth: int = VOTE_DEPTH,
+                   verify_top: int = VERIFY_VOTED) -> list[VoteCandidate]:
+        """The `depth` most voted rows (plus `extra`, e.g. the dense vector's best), the
+        first `verify_top` by votes verified, each scored; best first."""
+        with threadpool_limits(1):  # tiny matrices: BLAS threads only add overhead
+            votes = self.index.vote(root_sift(query.descriptors), query.keypoints)
+            voted = [int(k) for k, _ in votes.ranked()[:depth]]
+            rows = list(dict.fromkeys([*voted, *map(int, extra)]))
+            out = []
+            for rank, row in enumerate(rows):
+                n = votes.counts.get(str(row), 0)
+                ver = verify_votes(query, votes, str(row)) if rank < verify_top and n else None
+                cos = None if dense is None else float(dense[row])
+                signals = vote_signals(n, votes.passed, ver, cos)
+                p = self.scorer.score(signals) if self.scorer is not None else 0.0
+                out.append(VoteCandidate(row, n, ver, cos, p, signals))
+        out.sort(key=lambda c: (-c.probability, -c.votes, c.index))
+        return out
+
+    def ranking(self, query: LocalFeatures, dense: np.ndarray | None = None,
+                extra: Sequence[int] = ()) -> tuple[np.ndarray, list[VoteCandidate]]:
+        """A score per catalog row for Recall@K: the candidates by probability (or votes
+        without a scorer) above every other row; the rest by dense cosine when given."""
+        cands = self.candidates(query, dense, extra)
+        base = (np.clip(dense, -1, 1) * 0.5 + 0.5 if dense is not None
+                else np.zeros(len(self.features))).astype(np.float32)
+        final = base.copy()
+        for c in cands:
+            final[c.index] = 2.0 + (c.probability if self.scorer is not None
+                                    else 1 - math.exp(-c.votes / 10))
         return final, cands

@@ -287,9 +287,10 @@ class MemoryVectorStore:
     def scroll_payloads(self, collection: str) -> list[tuple[str, PointPayload]]:
         return sorted((k, p.payload) for k, p in self._points(collection).items())
 
-    def product_payloads(self, collection: str, product_ids: list[str]
-                         ) -> list[tuple[str, PointPayload]]:
-        return [(k, p) for k, p in self.scroll_payloads(collection) if p.product_id in product_ids]
+    def product_payloads(self, collection: str, product_ids: list[str],
+                         filters: Filters | None = None) -> list[tuple[str, PointPayload]]:
+        return [(k, p) for k, p in self.scroll_payloads(collection)
+                if p.product_id in product_ids and (filters is None or matches(p, filters))]
 
     def scroll_page(self, collection: str, offset: str | None, limit: int
                     ) -> tuple[list[tuple[str, PointPayload]], str | None]:

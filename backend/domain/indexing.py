@@ -309,13 +309,19 @@ class Indexer:
         for point in points:
             keep.setdefault(point.payload.product_id, set()).add(point.id)
         for product_id, ids in keep.items():
-            self._photo.store.prune(collection, product_id, ids)
+            self._photo.prune(collection, product_id, ids)
 
     def delete_features(self, collection: str, product_ids: list[str]) -> None:
         if self._photo is not None:
-            self._photo.store.delete_products(collection, product_ids)
+            self._photo.delete_products(collection, product_ids)
+
+    def sync_descriptors(self, collection: str) -> None:
+        """Build (or bring in line) the collection's descriptor index from its feature files
+        and snapshot it, so that the first photo query after a switch does not build it."""
+        if self._photo is not None:
+            self._photo.sync(collection)
 
     def drop_features(self, collection: str) -> None:
         """Remove a dropped collection's feature files (reindex)."""
         if self._photo is not None:
-            self._photo.store.drop(collection)
+            self._photo.drop(collection)

@@ -38,7 +38,7 @@ from backend.domain.photo_search import (
     decode_query_photo,
     describe_query,
     search_photo,
-    verify_candidates,
+    signals,
 )
 from backend.domain.ports import ProductReader, VectorEncoder
 from backend.domain.types import Filters, Product
@@ -275,8 +275,7 @@ class MatchService:
         name = "fused" if "fused" in self._encoder.dims else "image"
         found = await search_photo(
             self._photo, self._vectors, collection, query, views.search, None, flt,
-            _CANDIDATES_PER_MODALITY, settings.verify_top, views.plain, name,
-            settings.verify_first)
+            _CANDIDATES_PER_MODALITY, settings.verify_top, views.plain, name)
         return query, found
 
     async def _verify(self, collection: str, query: PhotoQuery, product_ids: list[str],
@@ -294,12 +293,31 @@ class MatchService:
                    if pos == payload.position and views]
             candidates.append(PhotoCandidate(ScoredPoint(point_id, 0.0, payload), rank,
                                              dense_cos=cos[0] if cos else None))
-        checked = await asyncio.to_thread(verify_candidates, self._photo, collection, query,
-                                          candidates, len(candidates))
+        checked = await asyncio.to_thread(self._verify_pairwise, collection, query, candidates)
         best: dict[str, PhotoCandidate] = {}
         for c in checked:  # best probability first
             best.setdefault(c.product_id, c)
         return best
+
+    def _verify_pairwise(self, collection: str, query: PhotoQuery,
+                         candidates: list[PhotoCandidate]) -> list[PhotoCandidate]:
+        """Candidates the descriptor vote did not bring: matched against the photo one image
+        at a time (their ratio-test matches stand in for votes), scored, best first."""
+        from encoders.local_features import verify
+
+        photo = self._photo
+        assert photo is not None
+
+        def check(c: PhotoCandidate) -> None:
+            stored = photo.load(collection, c.product_id, c.point.id)
+            if stored is not None and len(query.features):
+                c.verification = verify(query.features, stored, query_root=query.root)
+                c.votes = c.verification.matches
+            c.parts = signals(c, len(query.features))
+            c.probability = float(photo.scorer.score(c.parts))
+
+        photo.map(check, candidates)
+        return sorted(candidates, key=lambda c: -c.probability)
 
     def image_vectors(self, product_ids: list[str]) -> np.ndarray:
         """The first stored image vector of each product (zeros where none is indexed)."""

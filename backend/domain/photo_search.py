@@ -1,11 +1,24 @@
-"""The photo pipeline shared by search and restock: candidates from the dense image vectors of
-the photo's views and from its visual words (fused inside the vector store), geometric
-verification of the best candidates against their stored local features, and one calibrated
-probability per candidate from PhotoScorer.
+"""The photo pipeline shared by search, restock and matching: candidates by nearest-descriptor
+vote over the collection's descriptor index (every catalog RootSIFT descriptor; see
+`encoders.descriptor_index`) together with the dense image vectors of the photo's views
+(and the text, if any) fused inside the vector store; geometric verification of the most
+voted candidates on their votes' own correspondences; one calibrated probability per
+candidate from PhotoScorer over votes, vote share, inliers and dense cosine. Verification is
+not demanded: a well-voted flat item that RANSAC cannot fit still ranks by its votes.
 
-Verification runs on the feature threads, off the event loop; how many candidates are
-verified is bounded (`SearchSettings.verify_top`), so a query costs a fixed amount of work
-whatever the catalog size.
+Filters: the store's candidates are filtered inside the store; voted candidates are checked
+against the store (their points must exist, payloads read back) and the same filter
+evaluated on those payloads, so a vote never returns a product the filter excludes or a
+point that is gone. (A very narrow filter can leave few voted candidates: the store's
+filtered candidates still rank.)
+
+The visual-word sparse vector is still written to every point (no schema change) but no
+longer searched: the vote found the photographed item among its top 30 candidates far more
+often (README "Photo search on local features").
+
+Verification runs on the feature threads, off the event loop; how many candidates are voted
+on and verified is bounded, so a query costs a fixed amount of work whatever the catalog
+size, apart from the index's probed lists.
 """
 
 from __future__ import annotations
@@ -20,13 +33,14 @@ from PIL import Image as PILImage
 from PIL.Image import Image
 
 from backend.config import SearchSettings
-from backend.domain.photo_index import WORDS, PhotoIndex
+from backend.domain.photo_index import PhotoIndex
 from backend.domain.types import Filters
-from backend.domain.vectors import Prefetch, ScoredPoint, SparseVector, VectorStore
+from backend.domain.vectors import Prefetch, ScoredPoint, VectorStore
 from encoders.preprocess import decode_image
 from encoders.priority import run_heavy
 
 if TYPE_CHECKING:
+    from encoders.descriptor_index import Votes
     from encoders.local_features import LocalFeatures, Verification
 
 Box = tuple[int, int, int, int]
@@ -53,17 +67,22 @@ async def decode_query_photo(data: bytes, settings: SearchSettings, *, draft: bo
 
 # Each candidate list reaches this deep before fusion.
 PREFETCH_DEPTH = 100
+# The most voted points a query considers (and at most how many it reads from the store).
+VOTE_DEPTH = 40
 
 
 @dataclass
 class PhotoCandidate:
     point: ScoredPoint
-    fused_rank: int
-    sparse_rank: int | None = None  # rank in the visual-word list alone (None: not in it)
+    fused_rank: int  # rank in the store's dense (+ text) list; VOTE_DEPTH+ for vote-only
+    votes: int = 0  # query descriptors voting for this image
     dense_cos: float | None = None  # best cosine of the photo's views with this image
     verification: Verification | None = None
     probability: float = 0.0
     parts: dict[str, float] = field(default_factory=dict)
+    # The votes' correspondences: query keypoint rows, catalog keypoints (catalog pixels).
+    matches: tuple[np.ndarray, np.ndarray] | None = None
+    catalog_size: tuple[int, int] = (0, 0)
 
     @property
     def product_id(self) -> str:
@@ -80,11 +99,10 @@ class PhotoCandidate:
 
 @dataclass
 class PhotoQuery:
-    """A decoded query photo with its local features and visual words."""
+    """A decoded query photo with its local features."""
 
     image: Image
     features: LocalFeatures
-    words: SparseVector | None
     scale: tuple[float, float]  # uploaded pixels per decoded pixel (x, y)
     root: np.ndarray  # RootSIFT descriptors, computed once for every verification
 
@@ -108,82 +126,56 @@ def upload_scale(data: bytes, decoded: Image) -> tuple[float, float]:
 
 def describe_query(photo: PhotoIndex, image: Image, scale: tuple[float, float] = (1.0, 1.0)
                    ) -> PhotoQuery:
-    """Local features and visual words of a decoded photo; `scale` maps its boxes back to the
+    """Local features of a decoded photo; `scale` maps its boxes back to the
     upload (`upload_scale`; the default for a crop whose boxes are shifted, not reported)."""
     from encoders.local_features import root_sift
 
     features = photo.extractor.extract(image, query=True)
-    return PhotoQuery(image, features, photo.words(features), scale,
+    return PhotoQuery(image, features, scale,
                       root_sift(features.descriptors))
 
 
-def prefetches(view_vectors: list[np.ndarray], words: SparseVector | None,
-               text_vector: np.ndarray | None, image_vector: str = "image",
-               depth: int = PREFETCH_DEPTH) -> list[Prefetch]:
-    """One candidate list per view of the photo, one for its visual words and one for the
-    query's text when there is one; the store fuses them by rank."""
+def prefetches(view_vectors: list[np.ndarray], text_vector: np.ndarray | None,
+               image_vector: str = "image", depth: int = PREFETCH_DEPTH) -> list[Prefetch]:
+    """One candidate list per view of the photo and one for the query's text when there is
+    one; the store fuses them by rank."""
     out = [Prefetch(image_vector, v, depth) for v in view_vectors]
-    if words is not None:
-        out.append(Prefetch(WORDS, words, depth))
     if text_vector is not None:
         out.append(Prefetch("text", text_vector, depth))
     return out
 
 
-def signals(candidate: PhotoCandidate, verification: Verification | None = None
-            ) -> dict[str, float]:
+def signals(candidate: PhotoCandidate, passed: int,
+            verification: Verification | None = None) -> dict[str, float]:
     """The scorer's signals (encoders.local_features documents them); a missing one takes
-    the scorer's default. The fused rank is reported too (not scored)."""
-    parts: dict[str, float] = {"fused_rank": float(candidate.fused_rank)}
-    if candidate.sparse_rank is not None:
-        parts["sparse_rank"] = float(candidate.sparse_rank)
-    if candidate.dense_cos is not None:
-        parts["dense_cos"] = candidate.dense_cos
+    the scorer's default. The store's fused rank is reported too (not scored)."""
+    from encoders.photo_match import vote_signals
+
     ver = verification if verification is not None else candidate.verification
-    if ver is not None:
-        parts["inliers"] = float(ver.inliers)
-        parts["inlier_ratio"] = float(ver.inlier_ratio)
+    parts = vote_signals(candidate.votes, passed, ver, candidate.dense_cos)
+    parts["fused_rank"] = float(candidate.fused_rank)
     return parts
 
 
-def verify_candidates(photo: PhotoIndex, collection: str, query: PhotoQuery,
-                      candidates: list[PhotoCandidate], top: int, first: int | None = None
-                      ) -> list[PhotoCandidate]:
-    """Verify up to `top` candidates geometrically (in parallel on the feature threads) and
-    score every one; best probability first. With `first`, the first `first` candidates are
-    verified, and the rest of the `top` only when none of them was verified geometrically
-    (one product photo: once it is verified, look-alikes further down cannot outrank it on
-    fewer inliers). Candidates not verified, or whose features are missing,
-    are scored without inliers (the scorer's default for a failed check)."""
-    from encoders.local_features import verify
+def verify_candidates(photo: PhotoIndex, query: PhotoQuery, candidates: list[PhotoCandidate],
+                      passed: int, top: int) -> list[PhotoCandidate]:
+    """Verify the `top` most voted candidates on their votes' correspondences (in parallel
+    on the feature threads), score every candidate; best probability first."""
+    from encoders.local_features import verify_matches
 
     def check(candidate: PhotoCandidate) -> None:
-        stored = photo.load(collection, candidate.product_id, candidate.point.id)
-        if stored is not None:
-            candidate.verification = verify(query.features, stored, query_root=query.root)
-        candidate.parts = signals(candidate)
-        candidate.probability = float(photo.scorer.score(candidate.parts))
+        if candidate.matches is not None:
+            rows, points = candidate.matches
+            candidate.verification = verify_matches(
+                query.features.keypoints[rows], query.features.size, points,
+                candidate.catalog_size)
 
-    stages = [candidates[:top]] if first is None or first >= top else \
-        [candidates[:first], candidates[first:top]]
-    for n, stage in enumerate(stages):
-        if len(query.features) == 0:
-            break
-        if n and any(c.box is not None for c in stages[0]):
-            break
-        photo.map(check, stage)
+    voted = sorted((c for c in candidates if c.votes), key=lambda c: -c.votes)[:top]
+    photo.map(check, voted)
     for candidate in candidates:
-        if candidate.verification is None:
-            candidate.parts = signals(candidate)
-            candidate.probability = float(photo.scorer.score(candidate.parts))
-    # Geometrically verified candidates (a box) first, by probability; the rest by their best
-    # cosine over the photo's views, as the dense-only path ranks them: a product photo of a
-    # flat item with too few keypoints to verify is still found by its dense vector. (The
-    # scorer's verified threshold, set for restock's precision, decides what restock
-    # reports, not this order.)
-    candidates.sort(key=lambda c: (0, -c.probability, 0) if c.box is not None
-                    else (1, -(c.dense_cos if c.dense_cos is not None else -1.0),
-                          c.fused_rank))
+        candidate.parts = signals(candidate, passed)
+        candidate.probability = float(photo.scorer.score(candidate.parts))
+    candidates.sort(key=lambda c: (-c.probability, -c.votes, c.fused_rank))
     return candidates
 
 
@@ -194,33 +186,67 @@ def _dense_cos(point: ScoredPoint, view_vectors: list[np.ndarray]) -> float | No
     return max(float(np.dot(vector, v)) for v in view_vectors)
 
 
+def voted_points(vectors: VectorStore, collection: str, keys: list[str],
+                 groups: dict[str, str], filters: Filters) -> dict[str, ScoredPoint]:
+    """The voted points that exist in the store and pass the filter, with their payloads
+    and image vectors (read back: the descriptor index holds neither)."""
+    if not keys:
+        return {}
+    wanted = set(keys)
+    products = list(dict.fromkeys(groups[k] for k in keys))
+    out: dict[str, ScoredPoint] = {}
+    for pid, payload in vectors.product_payloads(collection, products, filters):
+        if pid in wanted:
+            out[pid] = ScoredPoint(pid, 0.0, payload)
+    for product_id in dict.fromkeys(p.payload.product_id for p in out.values()):
+        by_position = dict(vectors.get_vectors(collection, product_id, "image"))
+        for point in out.values():
+            if point.payload.product_id == product_id and point.payload.position in by_position:
+                point.vectors["image"] = by_position[point.payload.position]
+    return out
+
+
+def vote(photo: PhotoIndex, collection: str, query: PhotoQuery) -> Votes:
+    from encoders.descriptor_index import Votes
+
+    if len(query.features) == 0:
+        return Votes({}, {}, {}, {}, 0)
+    return photo.descriptors(collection).vote(query.root, query.features.keypoints)
+
+
 async def search_photo(photo: PhotoIndex, vectors: VectorStore, collection: str,
                        query: PhotoQuery, view_vectors: list[np.ndarray],
                        text_vector: np.ndarray | None, filters: Filters, limit: int,
                        verify_top: int, image_vectors: list[np.ndarray] | None = None,
-                       image_vector: str = "image", verify_first: int | None = None
-                       ) -> list[PhotoCandidate]:
-    """Fused candidates (at least `verify_top` points), verified and scored.
+                       image_vector: str = "image") -> list[PhotoCandidate]:
+    """Ranked candidates of a photo: the store's fused dense (+ text) list, at least
+    `limit` deep, and the VOTE_DEPTH most voted points that pass the filter; the
+    `verify_top` most voted verified; all scored, best first.
 
     `view_vectors` search (the `image_vector` of each view); `image_vectors` (default: the
-    same) are the views' plain image vectors the scorer's dense_cos compares with. The
-    visual-word list is also asked for on its own, for the scorer's sparse_rank."""
-    stages = prefetches(view_vectors, query.words, text_vector, image_vector)
-    fused = asyncio.to_thread(vectors.search_fused, collection, stages, filters,
-                              max(limit, verify_top), ["image"])
-    if query.words is not None:
-        sparse = asyncio.to_thread(vectors.search_fused, collection,
-                                   [Prefetch(WORDS, query.words, PREFETCH_DEPTH)], filters,
-                                   PREFETCH_DEPTH)
-        points, by_words = await asyncio.gather(fused, sparse)
-    else:
-        points, by_words = await fused, []
-    sparse_ranks = {p.id: rank for rank, p in enumerate(by_words)}
+    same) are the views' plain image vectors the scorer's dense_cos compares with."""
+    stages = prefetches(view_vectors, text_vector, image_vector)
+    fused = asyncio.to_thread(vectors.search_fused, collection, stages, filters, limit,
+                              ["image"])
+    voting = asyncio.to_thread(vote, photo, collection, query)
+    points, votes = await asyncio.gather(fused, voting)
     dense = image_vectors if image_vectors is not None else view_vectors
-    candidates = [PhotoCandidate(p, rank, sparse_ranks.get(p.id), _dense_cos(p, dense))
-                  for rank, p in enumerate(points)]
-    return await asyncio.to_thread(verify_candidates, photo, collection, query, candidates,
-                                   verify_top, verify_first)
+    known = {p.id for p in points}
+    top_voted = [k for k, _ in votes.ranked()[:VOTE_DEPTH]]
+    extra = await asyncio.to_thread(voted_points, vectors, collection,
+                                    [k for k in top_voted if k not in known], votes.groups,
+                                    filters)
+    candidates = [PhotoCandidate(p, rank) for rank, p in enumerate(points)]
+    candidates += [PhotoCandidate(extra[k], len(points) + n)
+                   for n, k in enumerate(top_voted) if k in extra]
+    for c in candidates:
+        c.dense_cos = _dense_cos(c.point, dense)
+        c.votes = votes.counts.get(c.point.id, 0)
+        if c.votes:
+            c.matches = votes.matches[c.point.id]
+            c.catalog_size = votes.sizes[c.point.id]
+    return await asyncio.to_thread(verify_candidates, photo, query, candidates, votes.passed,
+                                   verify_top)
 
 
 def best_per_product(candidates: list[PhotoCandidate]) -> list[PhotoCandidate]:

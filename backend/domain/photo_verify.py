@@ -1,21 +1,19 @@
-"""Every catalog product verified on a shelf photo, with its boxes (one per facing).
+"""Every catalog product verified on a shelf photo, with its boxes (one per facing), on the
+same descriptor vote as photo search.
 
-A product counts only when geometric verification against one of its catalog images passes
-the scorer's verified threshold, so a shelf of three items gives those three SKUs and not
-their look-alikes. The whole photo is searched and verified, and so is each item region that
-stands out from the background, as a photo of its own: a region's features are extracted
-at the query resolution, so a small item gets the keypoints it needs (measured: items that
-failed verification on the whole shelf pass on their region). More copies of a product are
-found by verifying again on the photo's keypoints outside the boxes found so far; two
-products claiming the same region keep the more probable one.
+The photo's descriptors vote once over the collection's descriptor index; each of the most
+voted images (that exist in the store and pass the filter) is verified on its votes' own
+correspondences. A product counts when its verification keeps at least the scorer's
+`restock_min_inliers` inliers (calibrated on training-split shelf photos for item recall
+against false SKUs per photo; `encoders/checkpoints/README.md`). Two products claiming the
+same region keep the one with more inliers; further copies of a product are found by
+verifying again on its votes outside the boxes found so far.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,27 +26,21 @@ from backend.domain.photo_search import (
     decode_query_photo,
     describe_query,
     overlap_of_smaller,
-    search_photo,
     signals,
     upload_scale,
+    vote,
+    voted_points,
 )
 from backend.domain.ports import VectorEncoder
 from backend.domain.types import Filters
 from backend.domain.vectors import VectorStore
-from encoders.localise import isolate_box, item_boxes
 from encoders.priority import run_heavy
-
-if TYPE_CHECKING:
-    from encoders.local_features import LocalFeatures
 
 # Two products whose boxes share this much of the smaller one are one item on the shelf.
 MAX_SHARED = 0.5
 MAX_FACINGS = 12
-# Verified candidates per shelf photo: enough for a full shelf, bounded per query.
-MIN_VERIFY = 48
-# Verified candidates per item region (one item each).
-REGION_VERIFY = 8
-_MAX_REGIONS = 8
+# Most voted images verified per shelf photo: enough for a full shelf, bounded per query.
+RESTOCK_DEPTH = 48
 
 
 @dataclass
@@ -57,32 +49,35 @@ class ShelfItem:
     probability: float
     box: Box  # the best facing, in uploaded-image pixels
     boxes: list[Box]  # every facing
+    inliers: int = 0
 
 
-def outside(features: LocalFeatures, boxes: list[Box]) -> LocalFeatures:
-    """The query's keypoints (and descriptors) outside every box."""
-    from encoders.local_features import LocalFeatures
-
-    keep = np.ones(len(features.keypoints), dtype=bool)
-    for x0, y0, x1, y1 in boxes:
-        xs, ys = features.keypoints[:, 0], features.keypoints[:, 1]
-        keep &= ~((xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1))
-    return LocalFeatures(features.keypoints[keep], features.descriptors[keep], features.size)
+def _inside(points: np.ndarray, box: Box) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    return ((points[:, 0] >= x0) & (points[:, 0] <= x1)
+            & (points[:, 1] >= y0) & (points[:, 1] <= y1))
 
 
-def more_facings(photo: PhotoIndex, collection: str, query: LocalFeatures,
-                 candidate: PhotoCandidate, first: Box) -> list[Box]:
-    """Boxes of further copies of the candidate's image, in query-feature pixels."""
-    from encoders.local_features import verify
+def more_facings(query: PhotoQuery, candidate: PhotoCandidate, first: Box,
+                 min_inliers: int) -> list[Box]:
+    """Boxes of further copies of the candidate's image (query-feature pixels): its votes
+    whose photo keypoint lies outside every box found so far, verified again."""
+    from encoders.local_features import verify_matches
 
-    stored = photo.load(collection, candidate.product_id, candidate.point.id)
     boxes = [first]
-    if stored is None:
+    if candidate.matches is None:
         return boxes
+    rows, points = candidate.matches
+    photo_points = query.features.keypoints[rows]
     while len(boxes) < MAX_FACINGS:
-        rest = outside(query, boxes)
-        ver = verify(rest, stored)
-        if ver.box is None or not photo.scorer.verified(signals(candidate, ver)):
+        keep = np.ones(len(rows), dtype=bool)
+        for box in boxes:
+            keep &= ~_inside(photo_points, box)
+        if keep.sum() < min_inliers:
+            break
+        ver = verify_matches(photo_points[keep], query.features.size, points[keep],
+                             candidate.catalog_size)
+        if ver.box is None or ver.inliers < min_inliers:
             break
         if any(overlap_of_smaller(ver.box, b) > MAX_SHARED for b in boxes):
             break
@@ -90,15 +85,18 @@ def more_facings(photo: PhotoIndex, collection: str, query: LocalFeatures,
     return boxes
 
 
-def select_verified(photo: PhotoIndex, collection: str, query: PhotoQuery,
-                    candidates: list[PhotoCandidate], top_k: int) -> list[ShelfItem]:
-    threshold = photo.scorer.threshold
+def select_verified(query: PhotoQuery, candidates: list[PhotoCandidate], top_k: int,
+                    min_inliers: int) -> list[ShelfItem]:
+    """Most inliers first: a look-alike verified on the same region as a better match is
+    the same shelf item, not another one."""
+    ranked = sorted((c for c in candidates if c.box is not None and c.verification is not None
+                     and c.verification.inliers >= min_inliers),
+                    key=lambda c: (-(c.verification.inliers if c.verification else 0),
+                                   -c.votes))
     chosen: list[tuple[PhotoCandidate, Box]] = []
     seen: set[str] = set()
-    # Candidates come best probability first: a look-alike verified on the same region as a
-    # better match is the same shelf item, not another one.
-    for c in candidates:
-        if not c.verified(threshold) or c.box is None or c.product_id in seen:
+    for c in ranked:
+        if c.box is None or c.product_id in seen:
             continue
         if any(overlap_of_smaller(c.box, box) > MAX_SHARED for _, box in chosen):
             continue
@@ -108,45 +106,48 @@ def select_verified(photo: PhotoIndex, collection: str, query: PhotoQuery,
             break
     items = []
     for c, box in chosen:
-        boxes = more_facings(photo, collection, query.features, c, box)
+        boxes = more_facings(query, c, box, min_inliers)
         uploaded = [b for b in (query.to_upload(b) for b in boxes) if b is not None]
-        items.append(ShelfItem(c.product_id, c.probability, uploaded[0], uploaded))
+        items.append(ShelfItem(c.product_id, c.probability, uploaded[0], uploaded,
+                               c.verification.inliers if c.verification else 0))
     return items
 
 
-def _shifted(candidates: list[PhotoCandidate], origin: tuple[int, int]) -> None:
-    """Boxes found in a region's crop -> pixels of the whole (decoded) photo."""
-    ox, oy = origin
-    for c in candidates:
-        if c.verification is not None and c.verification.box is not None:
-            x0, y0, x1, y1 = c.verification.box
-            c.verification = dataclasses.replace(
-                c.verification, box=(x0 + ox, y0 + oy, x1 + ox, y1 + oy))
+def verify_shelf(photo: PhotoIndex, vectors: VectorStore, collection: str, query: PhotoQuery,
+                 filters: Filters, top_k: int) -> list[ShelfItem]:
+    """The synchronous core (a feature thread): vote, read back, verify, select."""
+    from encoders.local_features import verify_matches
+
+    min_inliers = photo.scorer.restock_min_inliers
+    votes = vote(photo, collection, query)
+    keys = [k for k, n in votes.ranked()[:RESTOCK_DEPTH] if n >= min_inliers]
+    points = voted_points(vectors, collection, keys, votes.groups, filters)
+    candidates = [PhotoCandidate(points[k], n, votes=votes.counts[k], matches=votes.matches[k],
+                                 catalog_size=votes.sizes[k])
+                  for n, k in enumerate(keys) if k in points]
+
+    def check(c: PhotoCandidate) -> None:
+        assert c.matches is not None
+        rows, pts = c.matches
+        c.verification = verify_matches(query.features.keypoints[rows], query.features.size,
+                                        pts, c.catalog_size)
+        c.parts = signals(c, votes.passed)
+        c.probability = float(photo.scorer.score(c.parts))
+
+    photo.map(check, candidates)
+    return select_verified(query, candidates, top_k, min_inliers)
 
 
 async def verified_on_shelf(photo: PhotoIndex, vectors: VectorStore, encoder: VectorEncoder,
                             alias: str, settings: SearchSettings, data: bytes, filters: Filters,
                             top_k: int) -> list[ShelfItem]:
+    """`encoder` is unused: the vote needs no CNN (kept for the caller's signature)."""
+    del encoder
     image = await decode_query_photo(data, settings)
-    described = run_heavy(describe_query, photo, image, upload_scale(data, image))
-    boxes = await run_heavy(item_boxes, image, _MAX_REGIONS)
-    views = [image, *(isolate_box(image, box) for box in boxes)]
-    query, *encoded = await asyncio.gather(
-        described, *(encoder.encode(view, None) for view in views))
-    name = "fused" if "fused" in encoder.dims else "image"
+    query = await run_heavy(describe_query, photo, image, upload_scale(data, image))
     collection = await asyncio.to_thread(vectors.resolve, alias)
-    verify_top = max(settings.verify_top, MIN_VERIFY)
-    candidates = await search_photo(photo, vectors, collection, query,
-                                    [v[name] for v in encoded], None, filters, verify_top,
-                                    verify_top, [v["image"] for v in encoded], name)
-    for box, region_vectors in zip(boxes, encoded[1:], strict=True):
-        crop = image.crop(box)
-        region = await run_heavy(describe_query, photo, crop)
-        found = await search_photo(photo, vectors, collection, region,
-                                   [region_vectors[name]], None, filters, REGION_VERIFY,
-                                   REGION_VERIFY, [region_vectors["image"]], name)
-        _shifted(found, (box[0], box[1]))
-        candidates.extend(found)
-    candidates.sort(key=lambda c: (-c.probability, c.fused_rank))
-    return await asyncio.to_thread(select_verified, photo, collection, query, candidates,
+    return await asyncio.to_thread(verify_shelf, photo, vectors, collection, query, filters,
                                    top_k)
+
+
+__all__ = ["ShelfItem", "verified_on_shelf", "verify_shelf"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -214,7 +215,24 @@ class FeatureFiles(Protocol):
         """Write every item durably; returns the bytes written."""
         ...
 
+    @property
+    def root(self) -> Path:
+        """The folder the files live under (a derived index keeps its snapshot beside them)."""
+        ...
+
     def get(self, collection: str, product_id: str, point_id: str) -> StoredFeatures | None: ...
+
+    def stamp(self, collection: str, product_id: str, point_id: str) -> str | None:
+        """Identifies this version of a file (changes on every rewrite); None when missing."""
+        ...
+
+    def stamps(self, collection: str) -> dict[str, tuple[Path, str]]:
+        """point id -> (path, stamp) of every stored file, without reading them."""
+        ...
+
+    def read(self, path: Path) -> StoredFeatures | None:
+        """A file found by `stamps`; None when it is gone or not one of ours."""
+        ...
 
     def delete_products(self, collection: str, product_ids: list[str]) -> None: ...
 

@@ -9,7 +9,10 @@ store. Differences found:
 - features missing: an image point whose local-feature file is missing, unreadable or of
   another features version (its visual words are as old: both are written together);
 - feature orphans: a local-feature file without its point (left by a crash between the
-  file write and the upsert, or a delete interrupted after the points went).
+  file write and the upsert, or a delete interrupted after the points went);
+- descriptor index drift: the descriptor index snapshot (photo search's vote) lacks a
+  feature file's descriptors or holds an older copy, or holds entries whose file is gone;
+  repaired by syncing it with the files and writing a new snapshot.
 
 Products with outbox rows still pending are in flight: the indexer will write them, so they
 are counted as `pending` and not as differences.
@@ -38,18 +41,23 @@ class ReconcileReport:
     drift: list[str] = field(default_factory=list)  # product ids
     features_missing: list[str] = field(default_factory=list)  # product ids
     feature_orphans: list[StoredFeatures] = field(default_factory=list)
+    descriptors_missing: int = 0  # feature files the descriptor index lacks (or holds old)
+    descriptors_orphaned: int = 0  # descriptor index entries without a feature file
 
     @property
     def differences(self) -> int:
         return (len(self.missing) + len(self.stale) + len(self.orphans) + len(self.drift)
-                + len(self.features_missing) + len(self.feature_orphans))
+                + len(self.features_missing) + len(self.feature_orphans)
+                + self.descriptors_missing + self.descriptors_orphaned)
 
     def summary(self) -> str:
         return (f"{self.products} products, {self.points} points, {self.pending} pending; "
                 f"missing {len(self.missing)}, stale {len(self.stale)}, "
                 f"orphans {len(self.orphans)}, drift {len(self.drift)}, "
                 f"features missing {len(self.features_missing)}, "
-                f"feature orphans {len(self.feature_orphans)}: "
+                f"feature orphans {len(self.feature_orphans)}, "
+                f"descriptor index missing {self.descriptors_missing} / orphaned "
+                f"{self.descriptors_orphaned}: "
                 f"{self.differences} differences")
 
 
@@ -181,6 +189,8 @@ class Reconciler:
         report.features_missing = sorted(missing)
         report.feature_orphans = [f for pid, f in files.items()
                                   if pid not in wanted and f.product_id not in pending]
+        drift = self._photo.index_drift(collection)
+        report.descriptors_missing, report.descriptors_orphaned = drift.added, drift.removed
 
     def fix(self, report: ReconcileReport,
             index: Callable[[str, list[Product]], object] | None) -> ReconcileReport:
@@ -207,6 +217,7 @@ class Reconciler:
                 [*report.missing, *report.drift, *report.features_missing])))
             if found:
                 index(collection, list(found.values()))
+            self._sync_descriptors(collection, report)
             return
         if report.drift:
             found = self._catalog.get_products(report.drift)
@@ -218,3 +229,11 @@ class Reconciler:
                 patches.append(PayloadPatch(product.product_id, values))
             if patches:
                 self._vectors.set_payload(collection, patches)
+        self._sync_descriptors(collection, report)
+
+    def _sync_descriptors(self, collection: str, report: ReconcileReport) -> None:
+        """After the feature files are repaired: the descriptor index follows them."""
+        if self._photo is not None and (report.feature_orphans or report.features_missing
+                                        or report.descriptors_missing
+                                        or report.descriptors_orphaned):
+            self._photo.sync(collection)

@@ -320,6 +320,7 @@ class Reindexer:
                     result.seconds = time.perf_counter() - started
                     return result
 
+        self._indexer.sync_descriptors(new)
         self._vectors.set_alias(self._alias, new)
         result.switched = True
         # Changes the indexer wrote to the old collection just before the switch.

@@ -2,11 +2,11 @@
 its box, score and stock in that warehouse (low-stock flagged).
 
 With local features (the default) a product is reported only when it is verified on the
-photo: candidates come from the photo's visual words and the dense vectors of its views and
-item regions, each is verified geometrically against its stored features, and every product
-whose calibrated probability passes the scorer's verified threshold is reported with its box.
-Several copies of one product (facings) are found by verifying again on the keypoints
-outside the boxes found so far.
+photo: the photo's descriptors vote over the descriptor index (as photo search does), each
+of the most voted images is verified geometrically on its votes' correspondences, and every
+product verified with at least the scorer's `restock_min_inliers` inliers is reported with
+its box (`backend/domain/photo_verify.py`). Several copies of one product (facings) are
+found by verifying again on its votes outside the boxes found so far.
 
 Without local features, items are proposed from the photo itself: separate regions that
 stand out from the background (each isolated on white, like a catalog image), plus sliding

@@ -328,8 +328,8 @@ class SearchService:
 
     async def _search_photo(self, query: SearchQuery, filters: Filters, collection: str,
                             offset: int, top_k: int) -> tuple[list[SearchHit], bool]:
-        """A photo (and maybe text): dense views + visual words (+ text) fused in the store,
-        the best candidates verified geometrically, ranked by the calibrated scorer."""
+        """A photo (and maybe text): descriptor-vote candidates and dense views (+ text)
+        fused in the store, the most voted verified, ranked by the calibrated scorer."""
         assert self._photo is not None
         photo = self._photo
         settings = self._settings
@@ -348,14 +348,8 @@ class SearchService:
         limit = (offset + top_k) * _GROUP_OVERFETCH
         candidates = await search_photo(
             photo, self._vectors, collection, described_query, view_vectors, text_vector,
-            filters, limit, settings.verify_top, [v["image"] for v in encoded], image_vector,
-            settings.verify_first)
+            filters, limit, settings.verify_top, [v["image"] for v in encoded], image_vector)
         ranked = best_per_product(candidates)
-        # Unverified candidates follow by dense cosine; their score is capped by the hit
-        # above, so scores stay a ranking (score_parts keep the raw signals).
-        ceiling = 1.0
-        for c in ranked:
-            c.probability = ceiling = min(ceiling, c.probability)
         page = ranked[offset: offset + top_k]
         products = await self._io(self._hydrate, [c.product_id for c in page])
         hits = [

@@ -286,9 +286,11 @@ class VectorStore(Protocol):
     def scroll_payloads(self, collection: str) -> list[tuple[str, PointPayload]]:
         """Every (point id, payload) in the collection, for reconciliation."""
 
-    def product_payloads(self, collection: str, product_ids: list[str]
-                         ) -> list[tuple[str, PointPayload]]:
-        """(point id, payload) of every point of these products (to verify a write)."""
+    def product_payloads(self, collection: str, product_ids: list[str],
+                         filters: Filters | None = None) -> list[tuple[str, PointPayload]]:
+        """(point id, payload) of every point of these products (to verify a write), only
+        those passing `filters` when given (candidates found outside the store, e.g. photo
+        search's descriptor vote, filtered as a query would filter them)."""
 
     def scroll_page(self, collection: str, offset: str | None, limit: int
                     ) -> tuple[list[tuple[str, PointPayload]], str | None]:

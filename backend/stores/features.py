@@ -1,9 +1,10 @@
 """Per-image local features (keypoints + descriptors) as compact sidecar files.
 
-The vector store holds what is searched (dense vectors, the visual words as a sparse vector);
-geometric verification needs the keypoints and descriptors of a few candidate images per
-query, read by point id. They are derived data like the vectors, kept per collection so that
-a reindex builds its own and a dropped collection takes its features with it:
+The vector store holds the dense vectors (and the visual words as a sparse vector); these
+files hold every catalog image's keypoints and descriptors, the durable source of the
+descriptor index photo search votes over (`backend.domain.photo_index`). They are derived
+data like the vectors, kept per collection so that a reindex builds its own and a dropped
+collection takes its features with it:
 
     <root>/<collection>/<sha1(product_id)[:2]>/<sha1(product_id)>/<point id>.lf
 
@@ -62,6 +63,10 @@ def _decode(point_id: str, blob: bytes, with_data: bool = True) -> StoredFeature
     return StoredFeatures(point_id, product, position, version, blob[end:] if with_data else b"")
 
 
+def _stamp(st: os.stat_result) -> str:
+    return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -118,6 +123,40 @@ class FeatureStore:
         except FileNotFoundError:
             return None
         return _decode(point_id, blob)
+
+    def stamp(self, collection: str, product_id: str, point_id: str) -> str | None:
+        """Identifies this version of the file (inode, mtime and size: every write renames a
+        new file into place, so a rewrite changes it), or None when it is missing."""
+        try:
+            st = self._path(collection, product_id, point_id).stat()
+        except FileNotFoundError:
+            return None
+        return _stamp(st)
+
+    def stamps(self, collection: str) -> dict[str, tuple[Path, str]]:
+        """point id -> (path, stamp) of every stored file: one directory walk and a stat per
+        file, no reads (what a derived index compares itself with)."""
+        base = self._collection_dir(collection)
+        out: dict[str, tuple[Path, str]] = {}
+        if not base.is_dir():
+            return out
+        for path in base.glob(f"*/*/*{_SUFFIX}"):
+            if path.name.startswith(_TMP):
+                continue
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # deleted while listing
+                continue
+            out[path.name[: -len(_SUFFIX)]] = (path, _stamp(st))
+        return out
+
+    def read(self, path: Path) -> StoredFeatures | None:
+        """A file found by `stamps`; None when it is gone or not one of ours."""
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return _decode(path.name[: -len(_SUFFIX)], blob)
 
     def delete_products(self, collection: str, product_ids: list[str]) -> None:
         base = self._collection_dir(collection)

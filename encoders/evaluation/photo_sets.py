@@ -10,11 +10,13 @@ Sets (evaluation-split items only; every photo rendered from `photo_rng`-style s
     restock             2-5 catalog items side by side on one shelf photo (SHELF_HARD)
 
 Methods:
-    dense     today's path: the pretrained CNN vector, max over localise.query_views
-              (restock: today's proposals + MIN_SCORE / MAX_GAP selection)
-    local     visual-word candidates (top 30) -> RANSAC verification -> PhotoScorer
-    combined  local, with the dense vector's top 10 added to the verified candidates and
-              the dense score ranking whatever no verification decides
+    dense     the dense-only path: the pretrained CNN vector, max over localise.query_views
+              (restock: proposals + MIN_SCORE / MAX_GAP selection)
+    local     the server's vote path without the CNN (encoders.photo_match.VoteMatcher):
+              nearest-descriptor vote -> verification on the votes -> PhotoScorer
+              (restock: products verified with the scorer's restock_min_inliers)
+    combined  local, with the dense vector's top 10 added to the candidates, dense cosine
+              in the scorer and ranking the rows no vote reached (search's path)
 """
 
 from __future__ import annotations
@@ -40,9 +42,8 @@ from encoders.local_features import (
     LocalFeatureExtractor,
     LocalFeatures,
     PhotoScorer,
-    VisualVocabulary,
 )
-from encoders.photo_match import PhotoMatcher
+from encoders.photo_match import VoteMatcher
 
 __all__ = ["CLUTTER_DIR", "CLUTTER_PACKAGE", "METHODS", "SETS", "catalog_local_features",
            "evaluate"]
@@ -51,7 +52,6 @@ CLUTTER_DIR = Path("/usr/share/icons/oxygen/base/256x256")
 CLUTTER_PACKAGE = "oxygen-icon-theme"
 SETS = ("catalog_clutter", "noncatalog_clutter", "product_photo", "restock")
 METHODS = ("dense", "local", "combined")
-TOP_SPARSE = 30
 TOP_DENSE = 10
 # Today's restock selection (backend.domain.restock): cosine floor and gap to the best.
 RESTOCK_MIN_SCORE = 0.5
@@ -196,19 +196,16 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> floa
     return ix * iy / smaller if smaller > 0 else 0.0
 
 
-def _local_scores(matcher: PhotoMatcher, query: LocalFeatures, dense: np.ndarray | None
+def _local_scores(matcher: VoteMatcher, query: LocalFeatures, dense: np.ndarray | None
                   ) -> tuple[np.ndarray, set[int]]:
-    """Scores per gallery row (verified first) and the rows the scorer calls verified."""
+    """Scores per gallery row (candidates by probability first, the rest by dense cosine)
+    and the rows restock reports (verified with the scorer's restock_min_inliers)."""
     extra = [int(j) for j in np.argsort(-dense)[:TOP_DENSE]] if dense is not None else []
-    final, cands = matcher.ranking(query, TOP_SPARSE, extra, dense)
-    if dense is not None:
-        # Unverified rows: the dense cosine (0..1) decides, not the word score.
-        verified = np.zeros(len(final), dtype=bool)
-        verified[[c.index for c in cands if c.verification.verified]] = True
-        final = np.where(verified, final, np.clip(dense, -1, 1) * 0.5 + 0.5)
+    final, cands = matcher.ranking(query, dense, extra)
     scorer = matcher.scorer
-    chosen = {c.index for c in cands if scorer is not None and c.verification.verified
-              and c.probability >= scorer.threshold}
+    need = scorer.restock_min_inliers if scorer is not None else 12
+    chosen = {c.index for c in cands if c.verification is not None
+              and c.verification.inliers >= need}
     return final, chosen
 
 
@@ -245,14 +242,15 @@ def evaluate(ctx: Context, gallery: Sequence[ClipartItem], q_index: Sequence[int
     import threadpoolctl
 
     extractor = LocalFeatureExtractor()
-    vocabulary = VisualVocabulary.load()
-    scorer = PhotoScorer.load()
     started = time.perf_counter()
     feats, cached = catalog_local_features(ctx, gallery, extractor)
-    matcher = PhotoMatcher(feats, vocabulary, scorer)
+    scorer = PhotoScorer.load()
+    matcher = VoteMatcher(feats, scorer)
     results: dict[str, Any] = {
-        "catalog": {"extractor": extractor.version, "vocabulary": vocabulary.version,
-                    "scorer_threshold": scorer.threshold, "from_cache": cached,
+        "catalog": {"extractor": extractor.version, "descriptor_index": matcher.index.version,
+                    "descriptors": matcher.index.descriptors,
+                    "scorer_restock_min_inliers": scorer.restock_min_inliers,
+                    "from_cache": cached,
                     "seconds": round(time.perf_counter() - started, 1),
                     "keypoints_mean": round(float(np.mean([len(f) for f in feats])), 1),
                     "bytes_per_image_mean": round(float(np.mean(
@@ -302,7 +300,7 @@ def evaluate(ctx: Context, gallery: Sequence[ClipartItem], q_index: Sequence[int
 
 def _restock(ctx: Context, gallery: Sequence[ClipartItem], pool: Sequence[int],
              dense_gallery: np.ndarray | None, seed: int, n_photos: int,
-             matcher: PhotoMatcher, extractor: LocalFeatureExtractor,
+             matcher: VoteMatcher, extractor: LocalFeatureExtractor,
              methods: Sequence[str]) -> dict[str, Any]:
     import threadpoolctl
 

@@ -15,13 +15,19 @@ DEFAULT_OUT = "data/fusion/fusion.pt"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", choices=("fusion", "vocabulary", "photo-scorer"),
+    p.add_argument("--task", choices=("fusion", "vocabulary", "descriptor-index",
+                                      "photo-scorer"),
                    default="fusion", help="fusion: the fusion model; vocabulary: visual "
-                   "words for photo search; photo-scorer: the calibrated photo match scorer "
-                   "(both on the openclipart train split)")
+                   "words for photo search; descriptor-index: the quantisers of photo "
+                   "search's descriptor vote; photo-scorer: the calibrated photo match scorer "
+                   "(all on the openclipart train split)")
+    p.add_argument("--lists", type=int, default=4096, help="coarse lists of the descriptor "
+                   "index (--task descriptor-index)")
+    p.add_argument("--scorer-catalog", type=int, default=None, help="photo-scorer: catalog "
+                   "of this many train items (default: the whole train split)")
     p.add_argument("--features-cache", default="bench/eval_results/cache",
-                   help="photo-scorer: where catalog features are cached (shared with "
-                   "`prodsearch eval`)")
+                   help="descriptor-index, photo-scorer: where catalog features are cached "
+                   "(shared with `prodsearch eval`)")
     p.add_argument("--words", type=int, default=4096, help="vocabulary size (--task "
                    "vocabulary)")
     p.add_argument("--catalog", help="catalog JSONL (the ingest format); default: the "
@@ -98,10 +104,15 @@ def _photo_task(args: argparse.Namespace) -> int:
         report = photo.build_vocabulary(chosen, args.words, seed=args.seed,
                                         out=out or photo.VOCABULARY_FILE,
                                         progress=not args.quiet, command=command)
+    elif args.task == "descriptor-index":
+        report = photo.build_descriptor_index(args.limit, args.lists, seed=args.seed,
+                                              out=out, cache_dir=args.features_cache,
+                                              command=command)
     else:
         report = photo.fit_photo_scorer(limit=args.limit or 300, seed=args.seed,
                                         out=out or photo.SCORER_FILE,
                                         cache_dir=args.features_cache,
+                                        catalog_size=args.scorer_catalog,
                                         progress=not args.quiet, command=command)
     print(json.dumps(report, indent=2))
     return 0

@@ -80,3 +80,21 @@ def test_drop_removes_a_collection_only(tmp_path: Path) -> None:
     assert list(store.scan("old")) == []
     assert len(list(store.scan("new"))) == 1
     assert sorted(os.listdir(tmp_path)) == ["new"]
+
+
+def test_stamps_change_when_a_file_is_rewritten_and_read_by_path(tmp_path: Path) -> None:
+    """What the descriptor index compares itself with: one stamp per file, new on rewrite."""
+    store = FeatureStore(tmp_path)
+    a, b = item("p1", 0, data=b"a" * 10), item("p2", 0)
+    store.put_many("c1", [a, b])
+    stamps = store.stamps("c1")
+    assert set(stamps) == {a.point_id, b.point_id}
+    assert stamps[a.point_id][1] == store.stamp("c1", "p1", a.point_id)
+    assert store.read(stamps[a.point_id][0]) == a
+    store.put_many("c1", [StoredFeatures(a.point_id, "p1", 0, "v1", b"a" * 11)])
+    assert store.stamps("c1")[a.point_id][1] != stamps[a.point_id][1]
+    store.delete_products("c1", ["p2"])
+    assert set(store.stamps("c1")) == {a.point_id}
+    assert store.stamp("c1", "p2", b.point_id) is None
+    assert store.read(stamps[b.point_id][0]) is None
+    assert store.stamps("nothing-here") == {}

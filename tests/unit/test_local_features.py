@@ -127,13 +127,13 @@ def test_tree_assignment_matches_a_flat_scan() -> None:
 
 
 def test_scorer_is_monotonic_in_inliers_and_round_trips(tmp_path) -> None:
-    scorer = PhotoScorer(np.array([2.0, 1.0, 0.0, -0.5]), -6.0, threshold=0.7)
-    probs = [scorer.score({"inliers": n, "inlier_ratio": 0.3, "sparse_rank": 3})
+    scorer = PhotoScorer(np.array([0.5, 1.0, 2.0, 1.0, 0.0]), -6.0, threshold=0.7)
+    probs = [scorer.score({"votes": 30, "inliers": n, "inlier_ratio": 0.3})
              for n in (0, 5, 10, 20, 40, 80)]
     assert all(b > a for a, b in itertools.pairwise(probs))
     assert 0.0 < probs[0] < probs[-1] < 1.0
-    assert scorer.score({}) == scorer.score({"inliers": 0, "inlier_ratio": 0,
-                                             "sparse_rank": 1000, "dense_cos": 0})
+    assert scorer.score({}) == scorer.score({"votes": 0, "vote_share": 0, "inliers": 0,
+                                             "inlier_ratio": 0, "dense_cos": 0})
     scorer.save(tmp_path / "s.json")
     again = PhotoScorer.load(tmp_path / "s.json")
     assert again.score({"inliers": 12}) == pytest.approx(scorer.score({"inliers": 12}))
@@ -155,23 +155,32 @@ def test_shipped_files_load_and_work(extractor: LocalFeatureExtractor) -> None:
     assert len(ids) > 10 and ids.max() < vocab.size
     scorer = PhotoScorer.load()
     assert 0.0 < scorer.threshold < 1.0
-    assert scorer.score({"inliers": 60, "inlier_ratio": 0.6, "sparse_rank": 0}) > \
-        scorer.score({"inliers": 0, "inlier_ratio": 0.0, "sparse_rank": 500})
+    assert scorer.score({"votes": 80, "vote_share": 0.3, "inliers": 60, "inlier_ratio": 0.75,
+                         "dense_cos": 0.6}) > \
+        scorer.score({"votes": 3, "vote_share": 0.01, "inliers": 0, "dense_cos": 0.3})
+    assert scorer.restock_min_inliers >= 8
 
 
-def test_matcher_finds_the_warped_item_and_its_box(extractor: LocalFeatureExtractor) -> None:
-    from encoders.photo_match import PhotoMatcher
+def test_vote_matcher_finds_the_warped_item_and_its_box(extractor: LocalFeatureExtractor
+                                                        ) -> None:
+    import faiss
+
+    from encoders.descriptor_index import DescriptorIndex, train_index
+    from encoders.photo_match import VoteMatcher
 
     catalog = [_textured(20 + s) for s in range(6)]
     feats = [extractor.extract(img) for img in catalog]
-    vocab = train_vocabulary(np.concatenate([f.descriptors for f in feats]), 128, seed=0)
-    scorer = PhotoScorer(np.array([2.0, 1.0, 0.0, -0.5]), -4.0, threshold=0.5)
-    matcher = PhotoMatcher(feats, vocab, scorer)
+    trained = train_index(np.concatenate([f.descriptors for f in feats]), 16)
+    assert isinstance(trained, faiss.Index)
+    scorer = PhotoScorer(np.array([0.5, 2.0, 2.0, 1.0, 0.0]), -6.0, threshold=0.5)
+    matcher = VoteMatcher(feats, scorer, DescriptorIndex(trained, nprobe=16))
     h = np.array([[0.6, 0.1, 90.0], [-0.05, 0.6, 50.0], [0.0002, 0.0, 1.0]])
     photo = extractor.extract(_warp(catalog[3], h, (500, 420)), query=True)
-    final, cands = matcher.ranking(photo, top=3)
+    final, cands = matcher.ranking(photo)
     assert int(final.argmax()) == 3
     best = cands[0]
-    assert best.index == 3 and best.verification.box is not None
+    assert best.index == 3 and best.verification is not None
+    x0, y0, x1, y1 = best.verification.box  # the catalog image's corners, projected
+    assert abs(x0 - 90) < 25 and abs(y0 - 50) < 25 and x1 > 250 and y1 > 230
     assert best.probability >= scorer.threshold
     assert all(c.probability < scorer.threshold for c in cands[1:])

@@ -609,12 +609,12 @@ class EdgeVectorStore:
                 for rec in self._scroll(coll, None, True, False)
             ]
 
-    def product_payloads(self, collection: str, product_ids: list[str]
-                         ) -> list[tuple[str, PointPayload]]:
+    def product_payloads(self, collection: str, product_ids: list[str],
+                         filters: Filters | None = None) -> list[tuple[str, PointPayload]]:
         out: list[tuple[str, PointPayload]] = []
         with self._use(collection) as coll:
             for start in range(0, len(product_ids), _SCROLL_PAGE):
-                flt = to_edge(products_spec(product_ids[start : start + _SCROLL_PAGE]))
+                flt = to_edge(products_spec(product_ids[start : start + _SCROLL_PAGE], filters))
                 out += [(str(rec.id), PointPayload.from_dict(rec.payload or {}))
                         for rec in self._scroll(coll, flt, True, False)]
         return out

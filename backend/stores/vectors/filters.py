@@ -142,8 +142,14 @@ def facet_spec(filters: Filters, all_terms: list[str], product_ids: list[str]) -
     return FilterSpec(must=must, must_not=base.must_not, should=base.should)
 
 
-def products_spec(product_ids: list[str]) -> FilterSpec:
-    return FilterSpec(must=[MatchAny("product_id", tuple(product_ids))])
+
+def products_spec(product_ids: list[str], filters: Filters | None = None) -> FilterSpec:
+    """Every point of these products; only those passing `filters` when given."""
+    ids = MatchAny("product_id", tuple(product_ids))
+    if filters is None:
+        return FilterSpec(must=[ids])
+    base = filter_spec(filters)
+    return FilterSpec(must=[ids, *base.must], must_not=base.must_not, should=base.should)
 
 
 # --- qdrant-edge ---------------------------------------------------------------------------

@@ -516,11 +516,11 @@ class QdrantServerStore:
             for rec in self._scroll(collection, None, True, False)
         ]
 
-    def product_payloads(self, collection: str, product_ids: list[str]
-                         ) -> list[tuple[str, PointPayload]]:
+    def product_payloads(self, collection: str, product_ids: list[str],
+                         filters: Filters | None = None) -> list[tuple[str, PointPayload]]:
         out: list[tuple[str, PointPayload]] = []
         for start in range(0, len(product_ids), _PAGE):
-            flt = to_server(products_spec(product_ids[start : start + _PAGE]))
+            flt = to_server(products_spec(product_ids[start : start + _PAGE], filters))
             out += [(str(rec.id), PointPayload.from_dict(dict(rec.payload or {})))
                     for rec in self._scroll(collection, flt, True, False)]
         return out
