@@ -7,15 +7,15 @@ it wrote; once `min_writes` have accumulated and writes pause for `quiet_s` (or 
 for `max_delay_s`), a background thread at low CPU priority builds the index.
 
 Measured (bench/live_index.py): qdrant-edge 0.9's `optimize` holds Python's GIL for the
-whole build (no search answered for 34.5 s while 4,000 1280-d points were indexed), so on
-the embedded store a build freezes every thread of the server: searches, health checks, the
-event loop. That is why the setting that enables this is off by default; what it needs is a
-build outside the serving process (a copy of the shard optimised by a child process, then
-switched to, with the writes since replayed), which is not built yet. With a Qdrant server
-the build runs in the server and `build_index` only waits, so there it costs the serving
-process nothing. Payload indexes are part of the collection and are carried into the rebuilt
-segments. The state (writes not yet built, builds, the last build's duration, whether one is
-running) is exported as metrics.
+whole build (no search answered for 34.5 s while 4,000 1280-d points were indexed), so
+on the embedded store a build freezes every thread of the server: searches, health
+checks, the event loop. That is why the setting that enables this is off by
+default; what it needs is a build outside the serving process (a copy of the shard
+optimised by a child process, then switched to, with the writes since replayed), which is
+not built yet. With a Qdrant server the build runs in the server and `build_index` only
+waits, so there it costs the serving process nothing. Payload indexes are part of the
+collection and are carried into the rebuilt segments. The state (writes not yet built,
+builds, the last build's duration, whether one is running) is exported as metrics.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from backend.domain.vectors import VectorStore
+from backend.stores.vectors.base import VectorStore
 from encoders.priority import lower_this_thread
 
 __all__ = ["IndexMaintainer", "MaintainerState"]
