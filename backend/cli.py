@@ -363,7 +363,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     settings = _settings(args)
     app = build_app(settings)
     try:
-        calibration = app.match.calibration()
+        calibration = app.match.calibration().blind()  # catalog pairs: no photo verified
         with tqdm(desc="dedup", unit="product") as bar:
             run_id, rows = find_duplicates(app.catalog, app.vectors, settings.collection,
                                            calibration, args.merchant, progress=bar.update)

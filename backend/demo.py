@@ -19,7 +19,7 @@ from backend.transport.grpc import client
 from backend.transport.grpc.server import BackgroundServer
 from encoders.photo_conditions import EASY, SHELF, photo_jpeg, render_photo, render_shelf
 
-DEMO_CALIBRATION_ITEMS = 60
+DEMO_CALIBRATION_ITEMS = 30  # 240 labelled listings: about 2 CPU-minutes
 
 
 def photo_of(image_path: Path, seed: int = 3) -> bytes:

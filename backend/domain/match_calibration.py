@@ -193,8 +193,8 @@ class MatchCalibrator:
         features, found = scored
         if test.all() or not test.any():
             test = np.array([c.target % 5 == 0 for c in cases])  # tiny samples: by position
-        calibration = MatchCalibration.fit(features[~test], labels[~test],
-                                           self._encoder.model_version)
+        calibration = MatchCalibration.fit_both(features[~test], labels[~test],
+                                                self._encoder.model_version)
         calibration.catalog_version, calibration.items = version, len(products)
         conditions: dict[str, dict[str, dict[str, object]]] = {}
         for name in CONDITIONS:

@@ -25,6 +25,8 @@ FEATURES = (
 # Where the photo's geometric verification against the candidate's stored local features
 # stands: no check (no local features, or a listing without a photo) reads as not verified.
 NO_VERIFICATION = {"verified": 0.0, "inliers": 0.0, "probability": 0.0}
+VERIFICATION_COLUMNS = [FEATURES.index(n) for n in ("verified", "log_inliers",
+                                                     "photo_probability")]
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,13 @@ class MatchCalibration:
     # The catalog version the pairs were drawn from: a later catalog makes it stale.
     catalog_version: int = 0
     items: int = 0
+    # The same pairs fitted without the verification features, for pairs no photo was
+    # verified for (dedup compares two catalog items' vectors): there, "not verified" must
+    # not read as evidence against SAME.
+    without_verification: MatchCalibration | None = None
+
+    def blind(self) -> MatchCalibration:
+        return self.without_verification or self
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         x = (np.atleast_2d(features) - self.mean) / self.scale
@@ -97,6 +106,16 @@ class MatchCalibration:
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return np.asarray(p / p.sum(axis=1, keepdims=True))
+
+    @classmethod
+    def fit_both(cls, features: np.ndarray, labels: np.ndarray, model_version: str
+                 ) -> MatchCalibration:
+        """`fit`, with `without_verification` fitted on the same pairs."""
+        calibration = cls.fit(features, labels, model_version)
+        blind = features.copy()
+        blind[:, VERIFICATION_COLUMNS] = 0.0
+        calibration.without_verification = cls.fit(blind, labels, model_version)
+        return calibration
 
     @classmethod
     def fit(cls, features: np.ndarray, labels: np.ndarray, model_version: str,
@@ -132,6 +151,11 @@ class MatchCalibration:
             "weights": self.weights.tolist(),
             "mean": self.mean.tolist(),
             "scale": self.scale.tolist(),
+            **({"without_verification": {
+                "weights": self.without_verification.weights.tolist(),
+                "mean": self.without_verification.mean.tolist(),
+                "scale": self.without_verification.scale.tolist(),
+            }} if self.without_verification is not None else {}),
         }, indent=1)
         with tmp.open("w", encoding="utf-8") as fh:
             fh.write(text)
@@ -144,9 +168,13 @@ class MatchCalibration:
         data = json.loads(path.read_text())
         if tuple(data["features"]) != FEATURES or tuple(data["verdicts"]) != VERDICTS:
             raise ValueError(f"{path} was made for other match features; recalibrate")
+        blind = data.get("without_verification")
         return cls(data["model_version"], np.array(data["weights"]), np.array(data["mean"]),
                    np.array(data["scale"]), int(data.get("catalog_version", 0)),
-                   int(data.get("items", 0)))
+                   int(data.get("items", 0)),
+                   cls(data["model_version"], np.array(blind["weights"]),
+                       np.array(blind["mean"]), np.array(blind["scale"]))
+                   if blind else None)
 
 
 def calibration_path(data_dir: Path, model_version: str) -> Path:

@@ -21,6 +21,7 @@ from backend.app import App, build_app
 from backend.config import load_settings
 from backend.domain.ingest import ingest_file
 from backend.domain.match_calibration import NotEnoughProducts
+from backend.domain.match_model import MatchCalibration
 from backend.transport.grpc.generated.product_search.v1 import product_search_pb2 as pb
 from backend.transport.grpc.generated.product_search.v1 import product_search_pb2_grpc as rpc
 from backend.transport.grpc.server import BackgroundServer
@@ -123,6 +124,8 @@ def test_calibration_skips_bad_images_and_matching_answers(served: Served) -> No
     assert f"limit of {PIXEL_LIMIT}" in skipped[f"CAL-{GOOD_ITEMS:03d}"]  # the configured one
     assert report.items == GOOD_ITEMS
     assert report.path.is_file()
+    # Dedup's model (no photo to verify) is saved with it.
+    assert MatchCalibration.load(report.path).without_verification is not None
     assert report.to_dict()["skipped_images"] == 2
     assert set(report.conditions) == {"easy", "hard"}
     assert not s.app.calibrator.status().stale
