@@ -250,7 +250,7 @@ def evaluate(ctx: Context, gallery: Sequence[ClipartItem], q_index: Sequence[int
 
     `extra_dense`: more dense methods, name -> (image encoder, its gallery vectors), run
     like `dense` on the same photos (another CNN side by side)."""
-    extra = dict(extra_dense or {})
+    more_dense = dict(extra_dense or {})
     import threadpoolctl
 
     extractor = LocalFeatureExtractor()
@@ -271,7 +271,7 @@ def evaluate(ctx: Context, gallery: Sequence[ClipartItem], q_index: Sequence[int
             "bytes_per_image_mean": round(float(np.mean(
                 [len(f.to_bytes()) for f in feats[:500]])), 1)}
     curves: dict[str, dict[str, float]] = {}
-    methods = [m for m in methods if m != "dense" or dense_gallery is not None] + list(extra)
+    methods = [m for m in methods if m != "dense" or dense_gallery is not None] + list(more_dense)
     dense_needed = dense_gallery is not None
     cv2.setNumThreads(1)
     for kind in sets:
@@ -290,7 +290,7 @@ def evaluate(ctx: Context, gallery: Sequence[ClipartItem], q_index: Sequence[int
                 if "dense" in scores:
                     scores["dense"][n] = dense
                     times["dense"].append(dense_s)
-            for name, (encoder, g_extra) in extra.items():
+            for name, (encoder, g_extra) in more_dense.items():
                 t = time.perf_counter()
                 scores[name][n] = _dense_views(ctx, photo, g_extra, encoder)
                 times[name].append(time.perf_counter() - t)
@@ -315,7 +315,8 @@ def evaluate(ctx: Context, gallery: Sequence[ClipartItem], q_index: Sequence[int
         results[kind]["queries"] = len(photos)
     if "restock" in sets:
         results["restock"] = _restock(ctx, gallery, q_index, dense_gallery, seed,
-                                      restock_photos, matcher, extractor, methods, extra)
+                                      restock_photos, matcher, extractor, methods,
+                                      more_dense)
     return results, curves
 
 

@@ -224,7 +224,7 @@ def shelf(ctx: Context, *, limit: int | None = None, queries: int | None = 500,
             extra["dense photo-cnn"] = (ctx.image_encoder("efficientnet_lite0_photo"), g_tuned)
         photo_results, photo_curves = photo_sets.evaluate(
             ctx, gallery, [int(i) for i in q_index], g, seed, restock_photos,
-            methods=("dense",) if dense_only and PHOTO_VARIANT not in variants
+            methods=("dense",) if dense_only and PHOTO_VARIANT not in (variants or ())
             else photo_sets.METHODS, extra_dense=extra)
         photo_results["seconds"] = timer.seconds()
         photo_results["about"] = photo_sets.photo_sets_doc()
