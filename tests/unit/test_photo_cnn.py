@@ -208,3 +208,14 @@ def test_render_example_is_seeded_and_negatives_avoid_the_item() -> None:
     other = render_example(str(item.path), "test:2")
     assert not np.array_equal(np.asarray(views[0]), np.asarray(other[1][0]))
     assert anchor.mode == "RGB" and all(n.width == n.height for n in negatives)
+
+
+def test_shipped_checkpoint_has_its_provenance() -> None:
+    from encoders.photo_cnn import PHOTO_CNN_CHECKPOINT
+
+    ckpt = load_tail_checkpoint(PHOTO_CNN_CHECKPOINT)
+    prov = ckpt["provenance"]
+    assert prov["command"].startswith("prodsearch train --task photo-cnn")
+    assert "train split" in prov["data"] and prov["train_items"] > 0 and prov["steps"] > 0
+    assert prov["history"]["epochs"], "validation figures per epoch"
+    assert PHOTO_CNN_CHECKPOINT.stat().st_size < 8_000_000  # the tail only
