@@ -20,7 +20,6 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -195,9 +194,3 @@ class OnnxPhotoCnnEncoder(_PhotoTail, OnnxEfficientNetLite0Encoder):
     def _export_key(self) -> str:
         return f"tail-{self.tail_version}"
 
-
-def cosine_agreement(a: np.ndarray, b: np.ndarray) -> float:
-    """Smallest row-wise cosine between two sets of vectors (runtime agreement checks)."""
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return float((a * b).sum(axis=1).min())

@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import json
 import math
 import multiprocessing
 import random
@@ -472,6 +471,3 @@ def _validate_on(tail: CnnTail, val_acts: torch.Tensor, distractors: torch.Tenso
     tail.to(device)
     return result
 
-
-def _json(obj: Any) -> str:
-    return json.dumps(obj, indent=2)
