@@ -98,7 +98,8 @@ def baseline_encoder(settings: Settings, current: str) -> VectorEncoder | None:
     """An in-process encoder of the model version that built the physical collection
     `current` (the alias's target), for reindex's recall comparison: the configured text model
     without the fused vector (the collection before the fusion model shipped), or another
-    text model with or without it. None when no configuration matches."""
+    text model with or without it, or any of these with the other image network. None when
+    no configuration matches."""
     from backend.domain.reindex import baseline_encoder_for
     from encoders.checkpoints import FusionCheckpoint
 
@@ -111,6 +112,11 @@ def baseline_encoder(settings: Settings, current: str) -> VectorEncoder | None:
     candidates: list[dict[str, object]] = [no_fusion]
     candidates += [{"text_model": m, **no_fusion} for m in others]
     candidates += [{"text_model": m} for m in others]
+    # The other image network (pretrained <-> trained for photos): a collection built before
+    # the configured CNN changed.
+    images = [m for m in ("efficientnet_lite0", "efficientnet_lite0_photo")
+              if m != settings.encoder.image_model]
+    candidates += [{"image_model": m, **c} for m in images for c in [{}, *candidates]]
     return baseline_encoder_for(current, settings.collection, make, candidates)
 
 

@@ -40,7 +40,9 @@ FusionSetting = Annotated[
 
 
 class EncoderSettings(BaseModel):
-    image_model: Literal["efficientnet_lite0"] = "efficientnet_lite0"
+    # "efficientnet_lite0" (ImageNet weights) or "efficientnet_lite0_photo" (its last blocks
+    # trained for photos: encoders/checkpoints/photo-cnn.pt; README "CNN trained for photos").
+    image_model: Literal["efficientnet_lite0", "efficientnet_lite0_photo"] = "efficientnet_lite0"
     # "multilingual" (USE multilingual v3: Chinese + English) or "minilm" (English only);
     # "lstm" needs a fusion checkpoint trained with it: "shipped" (fusion-lstm.pt) or a path
     # from `prodsearch train --text-model lstm`.

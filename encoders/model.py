@@ -80,8 +80,11 @@ class ProductEncoder:
             lstm_checkpoint=self.fusion.checkpoint_path if self.fusion is not None else None)
         # Fp16 on a GPU only rounds the same model's vectors: not a reason to re-index, so
         # the device (like the runtime) is deliberately not part of the version.
+        # A trained image network names its weights (`effl0p-<tail hash>`): other weights,
+        # other vectors, another collection.
+        image_tag = getattr(self.image, "version_tag", None) or _VERSION_TAGS[image_model]
         self.model_version = (
-            f"{_VERSION_TAGS[image_model]}+{_VERSION_TAGS[text_model]}.v{PIPELINE_VERSION}"
+            f"{image_tag}+{_VERSION_TAGS[text_model]}.v{PIPELINE_VERSION}"
         )
         self.dims: dict[str, int] = {"image": self.image.dim, "text": self.text.dim}
         if self.fusion is not None:

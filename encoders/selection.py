@@ -25,6 +25,7 @@ from encoders.checkpoints import (
 from encoders.fusion import FusionConfig, FusionEncoder
 from encoders.image import EfficientNetLite0Encoder
 from encoders.optimized import OnnxEfficientNetLite0Encoder, OnnxMiniLMTextEncoder, onnx_available
+from encoders.photo_cnn import OnnxPhotoCnnEncoder, PhotoCnnEncoder
 from encoders.text import TextEncoder, make_text_encoder
 
 __all__ = [
@@ -42,8 +43,15 @@ log = logging.getLogger(__name__)
 Runtime = Literal["torch", "onnx"]
 RUNTIMES: tuple[Runtime, ...] = get_args(Runtime)
 
+# The pretrained network, and the same network with the tail trained for photos
+# (`encoders/photo_cnn.py`, the checkpoint shipped in encoders/checkpoints/photo-cnn.pt).
 IMAGE_MODELS: dict[str, Callable[[str], EfficientNetLite0Encoder]] = {
     "efficientnet_lite0": lambda device: EfficientNetLite0Encoder(device=device),
+    "efficientnet_lite0_photo": lambda device: PhotoCnnEncoder(device=device),
+}
+_ONNX_IMAGE_MODELS: dict[str, Callable[[int], EfficientNetLite0Encoder]] = {
+    "efficientnet_lite0": lambda threads: OnnxEfficientNetLite0Encoder(threads=threads),
+    "efficientnet_lite0_photo": lambda threads: OnnxPhotoCnnEncoder(threads=threads),
 }
 # The text dimension an untrained fusion model reads, per text model (the LSTM's comes
 # from its checkpoint).
@@ -72,7 +80,7 @@ def make_image_encoder(name: str, device: str, runtime: Runtime, threads: int = 
         valid = ", ".join(sorted(IMAGE_MODELS))
         raise ValueError(f"unknown image model {name!r}; valid names: {valid}")
     if runtime == "onnx":
-        return OnnxEfficientNetLite0Encoder(threads=threads)
+        return _ONNX_IMAGE_MODELS[name](threads)
     return IMAGE_MODELS[name](device)
 
 

@@ -151,14 +151,17 @@ def catalog_local_features(ctx: Context, gallery: Sequence[ClipartItem],
 # --------------------------------------------------------------------------- the methods
 
 
-def _dense_views(ctx: Context, photo: Image.Image, g: np.ndarray) -> np.ndarray:
+def _dense_views(ctx: Context, photo: Image.Image, g: np.ndarray, encoder: Any = None
+                 ) -> np.ndarray:
     from encoders.localise import query_views
 
-    v = np.asarray(ctx.backbone().encode(query_views(photo)), dtype=np.float32)
+    encoder = encoder or ctx.backbone()
+    v = np.asarray(encoder.encode(query_views(photo)), dtype=np.float32)
     return np.asarray((v @ g.T).max(axis=0))
 
 
-def _dense_restock(ctx: Context, photo: Image.Image, g: np.ndarray) -> set[int]:
+def _dense_restock(ctx: Context, photo: Image.Image, g: np.ndarray, encoder: Any = None
+                   ) -> set[int]:
     """Today's restock: proposals (isolated regions + windows), top 3 per proposal, best
     proposal per product, cosine floor and gap, overlap suppression, at most 5."""
     from encoders.image import crop_boxes
@@ -167,7 +170,8 @@ def _dense_restock(ctx: Context, photo: Image.Image, g: np.ndarray) -> set[int]:
     regions = [(b, isolate_box(photo, b)) for b in item_boxes(photo)]
     regions += [(b, photo.crop(b)) for b in crop_boxes(photo.width, photo.height,
                                                        (0.9, 0.6), 0.5)]
-    v = np.asarray(ctx.backbone().encode([r for _, r in regions]), dtype=np.float32)
+    encoder = encoder or ctx.backbone()
+    v = np.asarray(encoder.encode([r for _, r in regions]), dtype=np.float32)
     sims = v @ g.T
     best: dict[int, tuple[float, tuple[int, int, int, int]]] = {}
     for (box, _), row in zip(regions, sims, strict=True):
@@ -235,28 +239,37 @@ def _timing(seconds: Sequence[float]) -> dict[str, float]:
 
 def evaluate(ctx: Context, gallery: Sequence[ClipartItem], q_index: Sequence[int],
              dense_gallery: np.ndarray | None, seed: int, restock_photos: int = 200,
-             sets: Sequence[str] = SETS, methods: Sequence[str] = METHODS
+             sets: Sequence[str] = SETS, methods: Sequence[str] = METHODS,
+             extra_dense: dict[str, tuple[Any, np.ndarray]] | None = None
              ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
     """Every set x method: Recall@1/5/10, MRR, in_photo@1 and query time (restock: item
-    recall and false SKUs per photo). Returns (results, Recall@K curves)."""
+    recall and false SKUs per photo). Returns (results, Recall@K curves).
+
+    `extra_dense`: more dense methods, name -> (image encoder, its gallery vectors), run
+    like `dense` on the same photos (another CNN side by side)."""
+    more_dense = dict(extra_dense or {})
     import threadpoolctl
 
     extractor = LocalFeatureExtractor()
-    started = time.perf_counter()
-    feats, cached = catalog_local_features(ctx, gallery, extractor)
-    scorer = PhotoScorer.load()
-    matcher = VoteMatcher(feats, scorer)
-    results: dict[str, Any] = {
-        "catalog": {"extractor": extractor.version, "descriptor_index": matcher.index.version,
-                    "descriptors": matcher.index.descriptors,
-                    "scorer_restock_min_inliers": scorer.restock_min_inliers,
-                    "from_cache": cached,
-                    "seconds": round(time.perf_counter() - started, 1),
-                    "keypoints_mean": round(float(np.mean([len(f) for f in feats])), 1),
-                    "bytes_per_image_mean": round(float(np.mean(
-                        [len(f.to_bytes()) for f in feats[:500]])), 1)}}
+    results: dict[str, Any] = {}
+    local = any(m in ("local", "combined") for m in methods)
+    matcher: VoteMatcher | None = None
+    if local:  # the dense method alone needs no local features
+        started = time.perf_counter()
+        feats, cached = catalog_local_features(ctx, gallery, extractor)
+        scorer = PhotoScorer.load()
+        matcher = VoteMatcher(feats, scorer)
+        results["catalog"] = {
+            "extractor": extractor.version, "descriptor_index": matcher.index.version,
+            "descriptors": matcher.index.descriptors,
+            "scorer_restock_min_inliers": scorer.restock_min_inliers,
+            "from_cache": cached,
+            "seconds": round(time.perf_counter() - started, 1),
+            "keypoints_mean": round(float(np.mean([len(f) for f in feats])), 1),
+            "bytes_per_image_mean": round(float(np.mean(
+                [len(f.to_bytes()) for f in feats[:500]])), 1)}
     curves: dict[str, dict[str, float]] = {}
-    methods = [m for m in methods if m != "dense" or dense_gallery is not None]
+    methods = [m for m in methods if m != "dense" or dense_gallery is not None] + list(more_dense)
     dense_needed = dense_gallery is not None
     cv2.setNumThreads(1)
     for kind in sets:
@@ -275,6 +288,12 @@ def evaluate(ctx: Context, gallery: Sequence[ClipartItem], q_index: Sequence[int
                 if "dense" in scores:
                     scores["dense"][n] = dense
                     times["dense"].append(dense_s)
+            for name, (encoder, g_extra) in more_dense.items():
+                t = time.perf_counter()
+                scores[name][n] = _dense_views(ctx, photo, g_extra, encoder)
+                times[name].append(time.perf_counter() - t)
+            if matcher is None:
+                continue
             with threadpoolctl.threadpool_limits(1):
                 t = time.perf_counter()
                 query = extractor.extract(photo, query=True)
@@ -294,20 +313,26 @@ def evaluate(ctx: Context, gallery: Sequence[ClipartItem], q_index: Sequence[int
         results[kind]["queries"] = len(photos)
     if "restock" in sets:
         results["restock"] = _restock(ctx, gallery, q_index, dense_gallery, seed,
-                                      restock_photos, matcher, extractor, methods)
+                                      restock_photos, matcher, extractor, methods,
+                                      more_dense)
     return results, curves
 
 
 def _restock(ctx: Context, gallery: Sequence[ClipartItem], pool: Sequence[int],
              dense_gallery: np.ndarray | None, seed: int, n_photos: int,
-             matcher: VoteMatcher, extractor: LocalFeatureExtractor,
-             methods: Sequence[str]) -> dict[str, Any]:
+             matcher: VoteMatcher | None, extractor: LocalFeatureExtractor,
+             methods: Sequence[str], extra: dict[str, tuple[Any, np.ndarray]] | None = None
+             ) -> dict[str, Any]:
     import threadpoolctl
 
     found: dict[str, list[tuple[set[int], frozenset[int]]]] = {m: [] for m in methods}
     times: dict[str, list[float]] = {m: [] for m in methods}
     for n in tqdm(range(n_photos), desc="restock photos", unit="photo"):
         photo, present = _shelf_photo(gallery, pool, n, seed)
+        for name, (encoder, g_extra) in (extra or {}).items():
+            t = time.perf_counter()
+            found[name].append((_dense_restock(ctx, photo, g_extra, encoder), present))
+            times[name].append(time.perf_counter() - t)
         dense = None
         dense_s = 0.0
         if dense_gallery is not None:
@@ -318,6 +343,8 @@ def _restock(ctx: Context, gallery: Sequence[ClipartItem], pool: Sequence[int],
             t = time.perf_counter()
             dense = _dense_views(ctx, photo, dense_gallery)
             dense_s = time.perf_counter() - t
+        if matcher is None:
+            continue
         with threadpoolctl.threadpool_limits(1):
             t = time.perf_counter()
             query = extractor.extract(photo, query=True)

@@ -92,7 +92,8 @@ def run(task: str, *, out_dir: Path = DEFAULT_OUT, limit: int | None = None,
         seed: int = 0, queries: int | None = None, crop_queries: int | None = None,
         variants: list[str] | None = None, device: str = "cpu", use_cache: bool = True,
         restock_photos: int | None = None,
-        text_retrieval: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        text_retrieval: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        image_model: str = "efficientnet_lite0"
         ) -> dict[str, Any]:
     """Run one task (or "all"); write <task>.json and <task>_recall.png into `out_dir`;
     return the JSON document. `text_retrieval` adds the text task's rows measured through
@@ -105,20 +106,22 @@ def run(task: str, *, out_dir: Path = DEFAULT_OUT, limit: int | None = None,
     from encoders.evaluation.variants import Context, Timer
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(out_dir, device=device, use_cache=use_cache)
+    ctx = Context(out_dir, device=device, use_cache=use_cache, image_model=image_model)
     timer = Timer()
     docs: dict[str, Any] = {}
     for name in names:
         opts = _task_options(name, limit, queries, crop_queries, restock_photos)
         if variants is not None:
             opts["variants"] = [v for v in variants
-                                if v in tasks.IMAGE_VARIANTS or v == tasks.PHOTO_VARIANT]
+                                if v in tasks.IMAGE_VARIANTS
+                                or v in (tasks.PHOTO_VARIANT, tasks.PHOTO_DENSE_VARIANT)]
         if name == "text" and text_retrieval is not None:
             opts["retrieval"] = text_retrieval
         task_fn: Callable[..., dict[str, Any]] = getattr(tasks, TASKS[name])
         result = task_fn(ctx, seed=seed, **opts)
         result["png"] = str(plot_curves(result, out_dir / f"{name}_recall.png"))
         result["environment"] = _environment(device)
+        result["image_model"] = image_model
         (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False)
                                               + "\n", encoding="utf-8")
         docs[name] = result
@@ -176,7 +179,12 @@ def add_arguments(parser: argparse.ArgumentParser, extra_tasks: Sequence[str] = 
     parser.add_argument("--queries", type=int, help="number of queries (task default otherwise)")
     parser.add_argument("--crop-queries", type=int, help="shelf: queries run with multi-crop")
     parser.add_argument("--variants", help="comma-separated image variants to run; shelf: "
-                        "'photo' runs the photo sets (dense / local / combined)")
+                        "'photo' runs the photo sets (dense / local / combined), "
+                        "'photo-dense' only their dense method")
+    parser.add_argument("--image-model", default="efficientnet_lite0",
+                        choices=("efficientnet_lite0", "efficientnet_lite0_photo"),
+                        help="the CNN of the 'backbone' variant and of the photo sets' "
+                        "dense method (default: the pretrained one)")
     parser.add_argument("--restock-photos", type=int, default=None,
                         help="shelf: restock photos of 2-5 items (default 200)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (eval_out)")
@@ -192,7 +200,8 @@ def run_from_args(args: argparse.Namespace,
               queries=args.queries, crop_queries=args.crop_queries,
               variants=args.variants.split(",") if args.variants else None,
               device=args.device, use_cache=not args.no_cache,
-              restock_photos=args.restock_photos, text_retrieval=text_retrieval)
+              restock_photos=args.restock_photos, text_retrieval=text_retrieval,
+              image_model=args.image_model)
     if args.json:
         print(json.dumps(doc, ensure_ascii=False))
     else:

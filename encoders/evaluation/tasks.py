@@ -47,13 +47,15 @@ __all__ = ["CURVE_KS", "PHOTO_VARIANT", "fmnist_category", "shelf", "text"]
 
 # The shelf task's photo sets (encoders.evaluation.photo_sets): a variant name of its own.
 PHOTO_VARIANT = "photo"
+# The photo sets with the dense method only (no local features to extract).
+PHOTO_DENSE_VARIANT = "photo-dense"
 
 SPLIT_RULE = "eval iff int(sha1(path relative to the image root)) % 5 == 0 (fixed, seedless)"
 
 
 def _variants(names: Sequence[str] | None) -> list[ImageVariant]:
     names = list(IMAGE_VARIANTS) if names is None else list(names)
-    return [IMAGE_VARIANTS[n] for n in names if n != PHOTO_VARIANT]
+    return [IMAGE_VARIANTS[n] for n in names if n not in (PHOTO_VARIANT, PHOTO_DENSE_VARIANT)]
 
 
 def _ranked(scores: np.ndarray, relevant: np.ndarray, k: int | None = None) -> np.ndarray:
@@ -205,15 +207,25 @@ def shelf(ctx: Context, *, limit: int | None = None, queries: int | None = 500,
         out["seconds"] = timer.seconds()
         results[variant.name] = out
     photo_results: dict[str, Any] | None = None
-    if variants is None or PHOTO_VARIANT in variants:
+    dense_only = variants is not None and PHOTO_DENSE_VARIANT in variants
+    if variants is None or PHOTO_VARIANT in variants or dense_only:
         from encoders.evaluation import photo_sets
 
         timer = Timer()
         backbone = IMAGE_VARIANTS["backbone"]
         g, _ = gallery_features(ctx, backbone, "openclipart", ids,
                                 lambda j: _catalog_image(gallery[j]))
+        # The CNN trained for photos, side by side on the same photos when it runs too.
+        extra: dict[str, tuple[Any, np.ndarray]] = {}
+        tuned = IMAGE_VARIANTS["photo-cnn"]
+        if variants is not None and tuned.name in variants and tuned.name in results:
+            g_tuned, _ = gallery_features(ctx, tuned, "openclipart", ids,
+                                          lambda j: _catalog_image(gallery[j]))
+            extra["dense photo-cnn"] = (ctx.image_encoder("efficientnet_lite0_photo"), g_tuned)
         photo_results, photo_curves = photo_sets.evaluate(
-            ctx, gallery, [int(i) for i in q_index], g, seed, restock_photos)
+            ctx, gallery, [int(i) for i in q_index], g, seed, restock_photos,
+            methods=("dense",) if dense_only and PHOTO_VARIANT not in (variants or ())
+            else photo_sets.METHODS, extra_dense=extra)
         photo_results["seconds"] = timer.seconds()
         photo_results["about"] = photo_sets.photo_sets_doc()
         curves.update(photo_curves)

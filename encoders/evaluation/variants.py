@@ -3,7 +3,10 @@ gallery features.
 
 Image variants (one vector per image, cosine similarity ranks):
     raw-pixels       the image letterboxed to 16x16 on white, centred pixels: the floor
-    backbone         EfficientNet-Lite0, global average pool (no fusion)
+    backbone         EfficientNet-Lite0, global average pool (no fusion); the network
+                     the run's `image_model` names (`--image-model`, default pretrained)
+    photo-cnn        EfficientNet-Lite0 with its tail trained for photos
+                     (encoders/checkpoints/photo-cnn.pt), whatever `image_model` says
     fused-untrained  the fusion model with freshly initialised weights
     fused-trained    the fusion model from its trained checkpoint
 Text variants: one per text encoder in `encoders.text.TEXT_ENCODERS` (minilm, multilingual,
@@ -87,23 +90,40 @@ FUSED_LOADERS: dict[str, Callable[[str], JointEncoder]] = {
 class Context:
     """Models shared by every task of one run, loaded on first use, and the feature cache."""
 
-    def __init__(self, out_dir: Path, device: str = "cpu", use_cache: bool = True) -> None:
+    def __init__(self, out_dir: Path, device: str = "cpu", use_cache: bool = True,
+                 image_model: str = "efficientnet_lite0") -> None:
         self.out_dir = out_dir
         self.device = device
+        self.image_model = image_model
         self.cache = FeatureCache(out_dir / "cache") if use_cache else None
-        self._backbone: Any = None
+        self._images: dict[str, Any] = {}
         self._texts: dict[str, Any] = {}
         self._fused: dict[str, JointEncoder | Unavailable] = {}
 
     def backbone(self) -> Any:
-        if self._backbone is None:
+        """The run's CNN (`image_model`): the dense vectors of every task and photo set."""
+        return self.image_encoder(self.image_model)
+
+    def image_encoder(self, name: str) -> Any:
+        if name not in self._images:
             from encoders.selection import make_image_encoder, resolve_runtime
 
             # On a CPU, the runtime search uses (same vectors to cosine >= 0.9999, ~4x faster).
             runtime = resolve_runtime("onnx" if self.device == "cpu" else "torch", self.device)
-            self._backbone = make_image_encoder("efficientnet_lite0", self.device, runtime)
-            self._backbone.load()
-        return self._backbone
+            try:
+                encoder = make_image_encoder(name, self.device, runtime)
+            except FileNotFoundError as exc:
+                raise Unavailable(str(exc)) from exc
+            encoder.load()
+            self._images[name] = encoder
+        return self._images[name]
+
+    def image_version(self, name: str) -> str:
+        """The image network's tag as in the model version (`effl0`, `effl0p-<tail>`)."""
+        from encoders.model import PIPELINE_VERSION
+
+        tag = getattr(self.image_encoder(name), "version_tag", None) or "effl0"
+        return f"{tag}.v{PIPELINE_VERSION}"
 
     def text_encoder(self, name: str) -> Any:
         if name not in self._texts:
@@ -222,19 +242,32 @@ class RawPixels(ImageVariant):
 class Backbone(ImageVariant):
     name = "backbone"
     supports_crops = True
+    # None: the run's image model (Context.image_model).
+    image_model: str | None = None
+
+    def _model(self, ctx: Context) -> str:
+        return self.image_model or ctx.image_model
 
     def version(self, ctx: Context) -> str:
-        from encoders.model import PIPELINE_VERSION
+        return ctx.image_version(self._model(ctx))
 
-        return f"effl0.v{PIPELINE_VERSION}"
+    def check(self, ctx: Context) -> None:
+        ctx.image_encoder(self._model(ctx))
 
     def embed(self, ctx: Context, images: Sequence[Image.Image]) -> np.ndarray:
-        out: np.ndarray = ctx.backbone().encode(images)
+        out: np.ndarray = ctx.image_encoder(self._model(ctx)).encode(images)
         return out
 
     def embed_crops(self, ctx: Context, image: Image.Image) -> np.ndarray:
-        vectors, _ = ctx.backbone().encode_crops(image)
+        vectors, _ = ctx.image_encoder(self._model(ctx)).encode_crops(image)
         return np.asarray(vectors)
+
+
+class PhotoCnn(Backbone):
+    """The CNN with its tail trained for photos (`prodsearch train --task photo-cnn`)."""
+
+    name = "photo-cnn"
+    image_model = "efficientnet_lite0_photo"
 
 
 class Fused(ImageVariant):
@@ -285,6 +318,7 @@ class Fused(ImageVariant):
 IMAGE_VARIANTS: dict[str, ImageVariant] = {
     "raw-pixels": RawPixels(),
     "backbone": Backbone(),
+    "photo-cnn": PhotoCnn(),
     **{name: Fused(name) for name in FUSED_LOADERS},
 }
 

@@ -16,11 +16,12 @@ DEFAULT_OUT = "data/fusion/fusion.pt"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=("fusion", "vocabulary", "descriptor-index",
-                                      "photo-scorer"),
+                                      "photo-scorer", "photo-cnn"),
                    default="fusion", help="fusion: the fusion model; vocabulary: visual "
                    "words for photo search; descriptor-index: the quantisers of photo "
-                   "search's descriptor vote; photo-scorer: the calibrated photo match scorer "
-                   "(all on the openclipart train split)")
+                   "search's descriptor vote; photo-scorer: the calibrated photo match scorer; "
+                   "photo-cnn: fine-tune the CNN's last blocks for photos (all on the "
+                   "openclipart train split)")
     p.add_argument("--lists", type=int, default=4096, help="coarse lists of the descriptor "
                    "index (--task descriptor-index)")
     p.add_argument("--scorer-catalog", type=int, default=None, help="photo-scorer: catalog "
@@ -34,9 +35,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "openclipart train split (evaluation items are never used)")
     p.add_argument("--limit", type=int, default=None,
                    help="train on a seeded sample of this many items")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="default: 20 (fusion), 4 (photo-cnn)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=None,
+                   help="default: 5e-4 (fusion), 1e-4 (photo-cnn)")
+    p.add_argument("--split", type=int, default=12,
+                   help="photo-cnn: first trained block of EfficientNet-Lite0's 16 (12 = the "
+                   "last four; 1 = nearly all, for a GPU)")
+    p.add_argument("--val-items", type=int, default=200,
+                   help="photo-cnn: held-out train-split items that pick the epoch")
+    p.add_argument("--device", default="cpu", help="photo-cnn: cpu or cuda")
+    p.add_argument("--workers", type=int, default=2,
+                   help="photo-cnn: processes rendering the training photos")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--text-model", choices=("multilingual", "minilm", "lstm"),
                    default="multilingual", help="text encoder the fusion model reads "
@@ -70,7 +81,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     if len(items) < 2:
         print("error: need at least 2 catalog items with a readable image", file=sys.stderr)
         return 2
-    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    settings = TrainSettings(epochs=args.epochs or 20, batch_size=args.batch_size,
+                             lr=args.lr or 5e-4,
                              seed=args.seed, text_model=args.text_model,
                              photos_per_item=args.photos, threads=args.threads)
     argv = sys.argv[1:]
@@ -99,6 +111,18 @@ def _photo_task(args: argparse.Namespace) -> int:
     command = "prodsearch train " + shlex.join(argv)
     items = photo.train_items()
     out = args.out if args.out != DEFAULT_OUT else None
+    if args.task == "photo-cnn":
+        from encoders.training.photo_cnn import PhotoCnnSettings, train_photo_cnn
+
+        settings = PhotoCnnSettings(
+            limit=args.limit, val_items=args.val_items, epochs=args.epochs or 4,
+            batch_size=args.batch_size, lr=args.lr or 1e-4, split=args.split,
+            seed=args.seed, device=args.device, workers=args.workers, threads=args.threads)
+        report = train_photo_cnn(items, settings, Path(out) if out else None,
+                                 cache=Path(args.cache_dir), progress=not args.quiet,
+                                 command=command)
+        print(json.dumps(report, indent=2))
+        return 0
     if args.task == "vocabulary":
         chosen = photo.seeded(items, args.limit, args.seed, "vocabulary")
         report = photo.build_vocabulary(chosen, args.words, seed=args.seed,
