@@ -247,10 +247,12 @@ class PhotoIndex:
     def index_drift(self, collection: str) -> SyncReport:
         """What `sync` would change in the collection's descriptor index (this process's, or
         else the snapshot other processes load), without changing it: `added` counts files
-        the index lacks or holds at another stamp, `removed` entries without a file."""
+        the index lacks or holds at another stamp, `removed` entries without a file. No
+        snapshot yet is no drift: the first process to search builds it from the files."""
         held = self._held.get(collection)
-        index = held.index if held is not None else (self._read_snapshot(collection)
-                                                     or self._new_index())
+        index = held.index if held is not None else self._read_snapshot(collection)
+        if index is None:
+            return SyncReport()
         present = index.stamps()
         files = self.store.stamps(collection)
         return SyncReport(added=sum(present.get(k) != stamp for k, (_, stamp) in files.items()),

@@ -387,6 +387,19 @@ def _query_beyond_top_k(predicate: Callable[[PointPayload], bool]) -> np.ndarray
 
 
 @pytest.mark.parametrize("case", list(FILTER_CASES), ids=list(FILTER_CASES))
+def test_product_payloads_apply_the_query_filter(backend: Backend, case: str) -> None:
+    """Candidates found outside the store (photo search's descriptor vote) are read back
+    through `product_payloads` with the query's filter: the same points a query returns."""
+    filters, predicate = FILTER_CASES[case]
+    products = sorted({p.payload.product_id for p in CATALOG.points})
+    got = sorted(pid for pid, _ in backend.store.product_payloads(backend.catalog, products,
+                                                                   filters))
+    wanted = sorted(p.id for p in CATALOG.points if predicate(p.payload))
+    assert got == wanted
+    assert 0 < len(got) < len(CATALOG.points)
+
+
+@pytest.mark.parametrize("case", list(FILTER_CASES), ids=list(FILTER_CASES))
 def test_filter_is_applied_inside_the_query(backend: Backend, case: str) -> None:
     filters, predicate = FILTER_CASES[case]
     store = backend.store
