@@ -127,7 +127,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             f"indexed {stats.upserted_products} products ({stats.upserted_points} vectors), "
             f"{stats.deleted_products} removed, {stats.image_errors} unreadable images"
         )
-        _refresh_calibration(app.calibrator)
+        if not args.no_calibrate:
+            _refresh_calibration(app.calibrator)
     return status
 
 
@@ -488,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("ingest", cmd_ingest, "load a JSONL catalog file and index it")
     server_opts(p)
     p.add_argument("file")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="leave a stale match calibration for later (`prodsearch calibrate`), "
+                   "e.g. while loading a catalog in several files")
 
     p = add("migrate", cmd_migrate, "apply database migrations (alembic upgrade)")
     server_opts(p)

@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from backend.stores.vectors.base import VectorStore
+from backend.domain.vectors import VectorStore
 from encoders.priority import lower_this_thread
 
 __all__ = ["IndexMaintainer", "MaintainerState"]

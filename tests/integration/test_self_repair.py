@@ -85,7 +85,9 @@ def _clean(app: App) -> bool:
 
 def test_health_turns_not_serving_while_the_indexer_is_stuck(live: Live) -> None:
     _wait(lambda: _clean(live.app), 30, "the initial catalog to be indexed")
-    assert live.status() == SERVING and _metric("prodsearch_indexer_healthy") == 1.0
+    # A slow first pass may have been reported as a stall; indexed, the server is healthy.
+    _wait(lambda: live.status() == SERVING, 10, "health to report serving once indexed")
+    assert _metric("prodsearch_indexer_healthy") == 1.0
 
     # The encoder wedges in the middle of a pass (as a hung image read did).
     release = threading.Event()
