@@ -351,7 +351,9 @@ def test_sigkill_soak_loses_nothing_and_leaves_no_drift(tmp_path: Path) -> None:
           f"{tally.searches} searches, {tally.ryw_checked} read-your-writes checks, "
           f"{server.log.read_text().count('Traceback')} tracebacks in the server log, "
           f"{time.monotonic() - started:.0f} s")
-    assert tally.acked > 100 and tally.ryw_checked > 20
+    # Enough real traffic to mean something (the checks below are the point): each restart
+    # now also opens the photo descriptor index, so fewer writes fit between the kills.
+    assert tally.acked >= 50 and tally.ryw_checked >= 10
 
     engine = make_engine(f"sqlite:///{(data_dir / 'catalog.sqlite3').resolve()}")
     vectors = EdgeVectorStore(data_dir / "vectors")
