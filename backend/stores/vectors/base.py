@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from backend.domain.types import Filters
 from backend.domain.vectors import (
     BOOST,
     FACET_KEYS,
@@ -42,6 +43,7 @@ __all__ = [
     "CollectionSpec",
     "FacetCounts",
     "FacetQuery",
+    "FusedSearch",
     "IndexState",
     "PayloadPatch",
     "PointPayload",
@@ -156,3 +158,26 @@ def scored_points(points: Iterable[Any], with_vectors: bool) -> list[ScoredPoint
                                payload=PointPayload.from_dict(dict(p.payload or {})),
                                vectors=vectors))
     return out
+
+
+class FusedSearch:
+    """`search_hybrid` and `search_fused` of both stores: argument checks, then the store's
+    own `_fused` (one fused query with an offset)."""
+
+    def _fused(self, collection: str, prefetches: list[Prefetch], filters: Filters,
+               limit: int, offset: int, with_vectors: list[str] | None, fusion: str = "rrf",
+               boost: dict[str, tuple[str, ...]] | None = None) -> list[ScoredPoint]:
+        raise NotImplementedError
+
+    def search_hybrid(self, collection: str, queries: dict[str, np.ndarray], filters: Filters,
+                      limit: int, offset: int = 0) -> list[ScoredPoint]:
+        check_page(limit, offset)
+        return self._fused(collection, hybrid_prefetches(queries, limit, offset), filters,
+                           limit, offset, None)
+
+    def search_fused(self, collection: str, prefetches: list[Prefetch], filters: Filters,
+                     limit: int, with_vectors: list[str] | None = None, fusion: str = "rrf",
+                     boost: dict[str, tuple[str, ...]] | None = None) -> list[ScoredPoint]:
+        check_page(limit, 0)
+        return self._fused(collection, prefetches, filters, limit, 0, with_vectors, fusion,
+                           boost)

@@ -44,6 +44,7 @@ from backend.stores.vectors.base import (
     CollectionSpec,
     FacetCounts,
     FacetQuery,
+    FusedSearch,
     IndexState,
     PayloadPatch,
     PointPayload,
@@ -55,7 +56,6 @@ from backend.stores.vectors.base import (
     check_fusion,
     check_page,
     check_prefetches,
-    hybrid_prefetches,
     patch_values,
     price_band_label,
     scored_points,
@@ -204,7 +204,7 @@ class _Collection:
     closed: bool = False
 
 
-class EdgeVectorStore:
+class EdgeVectorStore(FusedSearch):
     """VectorStore on qdrant-edge shards under one directory owned by this process."""
 
     def __init__(self, root: Path, hnsw_ef: int = 128) -> None:
@@ -469,32 +469,6 @@ class EdgeVectorStore:
                 with_vector=with_vectors,
             )
             return scored_points(coll.shard.query(request), with_vectors)
-
-    def search_hybrid(
-        self,
-        collection: str,
-        queries: dict[str, np.ndarray],
-        filters: Filters,
-        limit: int,
-        offset: int = 0,
-    ) -> list[ScoredPoint]:
-        check_page(limit, offset)
-        return self._fused(collection, hybrid_prefetches(queries, limit, offset), filters,
-                           limit, offset, None)
-
-    def search_fused(
-        self,
-        collection: str,
-        prefetches: list[Prefetch],
-        filters: Filters,
-        limit: int,
-        with_vectors: list[str] | None = None,
-        fusion: str = "rrf",
-        boost: dict[str, tuple[str, ...]] | None = None,
-    ) -> list[ScoredPoint]:
-        check_page(limit, 0)
-        return self._fused(collection, prefetches, filters, limit, 0, with_vectors, fusion,
-                           boost)
 
     def _fused(self, collection: str, prefetches: list[Prefetch], filters: Filters,
                limit: int, offset: int, with_vectors: list[str] | None, fusion: str = "rrf",

@@ -34,6 +34,7 @@ from backend.stores.vectors.base import (
     CollectionSpec,
     FacetCounts,
     FacetQuery,
+    FusedSearch,
     IndexState,
     PayloadPatch,
     PointPayload,
@@ -45,7 +46,6 @@ from backend.stores.vectors.base import (
     check_fusion,
     check_page,
     check_prefetches,
-    hybrid_prefetches,
     patch_values,
     price_band_label,
     scored_points,
@@ -101,7 +101,7 @@ def _server_message(exc: UnexpectedResponse) -> str:
         return exc.content.decode("utf-8", "replace")[:500] or str(exc.reason_phrase)
 
 
-class QdrantServerStore:
+class QdrantServerStore(FusedSearch):
     """VectorStore on a Qdrant server (or local-mode client, for tests)."""
 
     def __init__(
@@ -391,32 +391,6 @@ class QdrantServerStore:
                 with_vectors=with_vectors,
             )
         return scored_points(response.points, with_vectors)
-
-    def search_hybrid(
-        self,
-        collection: str,
-        queries: dict[str, np.ndarray],
-        filters: Filters,
-        limit: int,
-        offset: int = 0,
-    ) -> list[ScoredPoint]:
-        check_page(limit, offset)
-        return self._fused(collection, hybrid_prefetches(queries, limit, offset), filters,
-                           limit, offset, None)
-
-    def search_fused(
-        self,
-        collection: str,
-        prefetches: list[Prefetch],
-        filters: Filters,
-        limit: int,
-        with_vectors: list[str] | None = None,
-        fusion: str = "rrf",
-        boost: dict[str, tuple[str, ...]] | None = None,
-    ) -> list[ScoredPoint]:
-        check_page(limit, 0)
-        return self._fused(collection, prefetches, filters, limit, 0, with_vectors, fusion,
-                           boost)
 
     def _fused(self, collection: str, prefetches: list[Prefetch], filters: Filters,
                limit: int, offset: int, with_vectors: list[str] | None, fusion: str = "rrf",
