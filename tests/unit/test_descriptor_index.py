@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 pytest.importorskip("faiss", reason="faiss-cpu is a dependency")
 
@@ -21,21 +21,7 @@ from encoders.local_features import (
     root_sift,
     verify_matches,
 )
-
-
-def _textured(seed: int, size: int = 320) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    image = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(image)
-    for _ in range(60):
-        x, y = rng.integers(0, size, 2)
-        w, h = rng.integers(8, 50, 2)
-        colour = tuple(int(c) for c in rng.integers(0, 255, 3))
-        if rng.random() < 0.5:
-            draw.rectangle((x, y, x + w, y + h), fill=colour)
-        else:
-            draw.ellipse((x, y, x + w, y + h), fill=colour)
-    return image
+from tests.unit.test_local_features import _textured
 
 
 def _photo_of(item: Image.Image, seed: int) -> Image.Image:
