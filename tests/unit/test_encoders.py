@@ -29,7 +29,7 @@ from encoders.preprocess import (
     image_tensor,
     load_image_file,
 )
-from encoders.text import MiniLMTextEncoder, make_text_encoder
+from encoders.text import E5TextEncoder, MiniLMTextEncoder, make_text_encoder
 from encoders.worker import EncoderWorker
 
 CLIPART = Path("/usr/share/openclipart/png")
@@ -373,6 +373,21 @@ def test_multilingual_vectors_and_chinese(product_encoder: ProductEncoder) -> No
     assert enc.encode([]).shape == (0, 512)
     en, zh, laptop, _ = v1
     assert cosine(en, zh) > cosine(en, laptop)
+
+
+def test_e5_prefixes_queries_and_passages() -> None:
+    enc = make_text_encoder("e5", threads=1)
+    assert isinstance(enc, E5TextEncoder) and enc.dim == 384
+    docs = enc.encode(["red dress", "红色连衣裙", "laptop computer", ""])
+    assert_unit_rows(docs, 384, 4)
+    queries = enc.encode_query(["red dress"])
+    assert_unit_rows(queries, 384, 1)
+    assert enc.encode_query([]).shape == (0, 384)
+    # "query: " and "passage: " give different vectors of the same text...
+    assert cosine(queries[0], docs[0]) < 0.999
+    # ...and a query finds its passage, and its Chinese twin before another product.
+    _, zh, laptop, _ = docs
+    assert cosine(queries[0], zh) > cosine(queries[0], laptop)
 
 
 def test_make_text_encoder_names() -> None:
