@@ -12,6 +12,8 @@ Query side: each distinct term once, with weight 1.
 Attribute words are bilingual: a product whose colour is "red" also carries the concept
 term for red, and so does a query that says "red" or "红色"; likewise materials and sizes.
 So "红色" / "red", "棉" / "cotton", "XL" match lexically as the matching filter would.
+Product and category words are bilingual on the query side (`lexicon.py`): "连衣裙" also
+asks for "dress", so a Chinese query's lexical half matches an English catalog.
 """
 
 from __future__ import annotations
@@ -20,7 +22,15 @@ import zlib
 
 import numpy as np
 
-from backend.domain.text_terms import HAN_RUN, exact_key, normalise, sku_key, terms
+from backend.domain.lexicon import translated_terms
+from backend.domain.text_terms import (
+    HAN_RUN,
+    exact_key,
+    han_terms,
+    normalise,
+    sku_key,
+    terms,
+)
 from backend.domain.types import Product
 from backend.domain.vectors import SparseVector
 
@@ -80,6 +90,22 @@ def _vocabulary() -> list[tuple[str, str]]:
 
 
 _SURFACES = _vocabulary()
+
+
+def _surface_terms(concept: str) -> list[str]:
+    """The terms of every name of an attribute concept, so that "红色" also asks for the
+    word "red" in a title and "red" for "红色" (Chinese names as their character pairs)."""
+    out: list[str] = []
+    for surface, c in _FREE_TEXT_SURFACES:
+        if c == concept:
+            out += terms(surface) if surface.isascii() or len(surface) == 1 else \
+                han_terms(surface)[len(surface):]
+    return out
+
+
+def attribute_surfaces() -> list[str]:
+    """Every name of every colour, material and size, normalised."""
+    return [s for s, _ in _SURFACES]
 # Single-letter sizes ("s", "m", "l") are too ambiguous inside free text; only the size
 # field and a query that is exactly that size say them. (Colours are named by two
 # characters in Chinese, "红色": a lone "红" is also in "红酒", red wine.)
@@ -162,9 +188,15 @@ def product_vector(product: Product) -> SparseVector | None:
 
 def query_terms(text: str) -> list[str]:
     """A query's distinct terms, with the concepts it names (a query that is exactly a
-    single-letter size, "M", names that size too)."""
+    single-letter size, "M", names that size too) and the terms of the lexicon's words it
+    names in the other language ("连衣裙" also asks for "dress", "dress" for "连衣裙")."""
     found = list(dict.fromkeys(terms(text)))
-    found += concepts_in(text)
+    concepts = concepts_in(text)
+    found += concepts
+    # Sizes are left out: their names are generic words ("large", "x") and a product's size
+    # field carries the size concept anyway.
+    found += [t for c in concepts if not c.startswith("~size:") for t in _surface_terms(c)]
+    found += translated_terms(text)
     whole = normalise(text).strip()
     if whole in SIZES:
         found.append(_concept("size", whole))

@@ -139,6 +139,28 @@ def test_lexical_finds_brand_words_and_chinese_attributes(backend: Backend) -> N
     assert set(red) == {p.product_id for p in PRODUCTS if p.colour == "red"} | {"p07"}
 
 
+def _lexical_ids(backend: Backend, text: str) -> set[str]:
+    lexical = [pf for pf in text_prefetches(text, DENSE["p00"], 60) if pf.name == LEXICAL]
+    hits = backend.store.search_fused(backend.collection, lexical, Filters(), 60,
+                                      fusion="none")
+    return {h.payload.product_id for h in hits}
+
+
+def test_chinese_product_words_find_the_english_titles(backend: Backend) -> None:
+    """"衬衫" (shirt) and "马克杯" (mug) match the English product text through the
+    bilingual lexicon, as "shirt" and "mug" do; "衬衫" also finds p07's Chinese title."""
+
+    def saying(word: str) -> set[str]:
+        return {p.product_id for p in PRODUCTS
+                if word in f"{p.title} {p.category} {p.description}".lower()}
+
+    shirts = saying("shirt")
+    assert shirts and _lexical_ids(backend, "衬衫") == shirts | {"p07"}
+    assert _lexical_ids(backend, "shirt") == shirts | {"p07"}
+    mugs = saying("mug")
+    assert mugs and _lexical_ids(backend, "马克杯") == _lexical_ids(backend, "mug") == mugs
+
+
 def test_filters_apply_inside_every_prefetch(backend: Backend) -> None:
     """The exact SKU's product is outside the filter: neither the exact list nor the lexical
     one may bring it back, and every hit passes the filter."""

@@ -1,18 +1,23 @@
 """Tokenizer and lexical vectors: Chinese without a dictionary, SKUs whole and split, the
-bilingual attribute concepts, BM25 saturation."""
+bilingual attribute concepts, BM25 saturation, the bilingual lexicon of query words."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from backend.domain.lexical import (
+    document_terms,
     document_vector,
     match_terms,
+    product_fields,
     query_terms,
     query_vector,
     term_index,
 )
+from backend.domain.lexicon import segment_han, translated_terms
 from backend.domain.text_terms import exact_key, sku_key, terms
+from backend.domain.types import Product
 
 
 def test_chinese_gives_characters_and_adjacent_pairs() -> None:
@@ -66,6 +71,52 @@ def test_term_frequency_saturates_and_title_outweighs_description() -> None:
     assert many.values[0] < 2.2
     assert many.values[0] < 2 * once.values[0]
     assert document_vector({"title": []}) is None
-    q = query_vector("kettle kettle")
-    assert q is not None and q.indices.tolist() == [index]
+    # A query's repeated word counts once ("trivet" has no entry in the bilingual lexicon).
+    q = query_vector("trivet trivet")
+    assert q is not None and q.indices.tolist() == [term_index("trivet")]
     np.testing.assert_array_equal(q.values, [1.0])
+
+
+def _product(title: str, category: str = "") -> Product:
+    return Product(
+        product_id="p", sku="", merchant="m", title=title, description="", category=category,
+        brand="", size="", material="", colour="", price=1.0, currency="EUR", images=[],
+        inventory=[], attributes={}, listed=True, catalog_version=1)
+
+
+def _matched(query: str, product: Product) -> set[str]:
+    """The query's terms that the product's lexical vector carries (the store scores
+    exactly these, each by the product's weight times the term's IDF)."""
+    have = set(document_terms(product_fields(product)))
+    return {t for t in query_terms(query) if t in have}
+
+
+@pytest.mark.parametrize(("zh", "en"), [("红色 连衣裙", "red dress"), ("红色的鸟", "red bird"),
+                                        ("棉 衬衫", "cotton shirt"), ("笔记本电脑", "laptop")])
+def test_chinese_and_english_queries_match_the_same_words_of_a_product(zh: str, en: str) -> None:
+    english = _product(f"{en.title()} for summer", category="misc/" + en.split()[-1])
+    chinese = _product(f"夏季{zh.replace(' ', '')}")
+    assert _matched(zh, english) and _matched(zh, english) == _matched(en, english)
+    # And the other way round: an English query finds the Chinese title's words.
+    assert _matched(en, chinese) and _matched(en, chinese) <= _matched(zh, chinese)
+
+
+def test_unrelated_products_stay_unmatched() -> None:
+    dress = _product("Red summer dress")
+    assert _matched("笔记本电脑", dress) == set()
+    assert _matched("蓝色 连衣裙", dress) == {"dress", "gown"} & _matched("dress", dress)
+
+
+def test_chinese_is_segmented_by_the_longest_lexicon_word() -> None:
+    # "鼠标" is a computer mouse, not "鼠" (the animal); "面包" is bread, not a bag ("包");
+    # "马克杯" is a mug, not a horse ("马"); a colour word is not read as other words.
+    assert segment_han("无线鼠标") == ["鼠标"]
+    assert "bread" in translated_terms("面包") and "bag" not in translated_terms("面包")
+    assert "mug" in translated_terms("马克杯") and "horse" not in translated_terms("马克杯")
+    assert segment_han("金色的星星") == ["金色", "星星"]
+    assert translated_terms("zxqv 12") == []
+
+
+def test_english_synonyms_come_along() -> None:
+    assert {"bug", "昆虫"} <= set(translated_terms("insect"))
+    assert "office" in translated_terms("办公用品")
