@@ -207,11 +207,35 @@ def query_terms(text: str) -> list[str]:
 
 
 def query_vector(text: str) -> SparseVector | None:
-    """The query's terms, weight 1 each (the store's IDF weighs them); None without terms."""
+    """The query's terms, weight 1 each (the store's IDF weighs them), attribute words
+    `ATTRIBUTE_QUERY_WEIGHT` when the query also names something else; None without
+    terms."""
     found = query_terms(text)
     if not found:
         return None
-    return _sparse(dict.fromkeys((term_index(t) for t in found), 1.0))
+    attribute = _attribute_terms(text)
+    weight = ATTRIBUTE_QUERY_WEIGHT if any(t not in attribute for t in found) else 1.0
+    weights: dict[int, float] = {}
+    for t in found:
+        index = term_index(t)
+        weights[index] = max(weights.get(index, 0.0), weight if t in attribute else 1.0)
+    return _sparse(weights)
+
+
+# A colour or material in a query is said twice over (its word and its concept, in both
+# languages), and what the query is about is usually the other word ("red bird" is about
+# birds): each attribute term counts this much beside the query's other words.
+ATTRIBUTE_QUERY_WEIGHT = 0.5
+
+
+def _attribute_terms(text: str) -> set[str]:
+    """The query terms that name a colour, material or size: the concepts and their names."""
+    concepts = concepts_in(text)
+    whole = normalise(text).strip()
+    if whole in SIZES:
+        concepts.append(_concept("size", whole))
+    return set(concepts) | {t for c in concepts for t in _surface_terms(c)} | {
+        t for surface, c in _FREE_TEXT_SURFACES if c in concepts for t in terms(surface)}
 
 
 def _sparse(weights: dict[int, float]) -> SparseVector:

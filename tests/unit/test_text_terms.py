@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from backend.domain.lexical import (
+    ATTRIBUTE_QUERY_WEIGHT,
     document_terms,
     document_vector,
     match_terms,
@@ -120,3 +121,22 @@ def test_chinese_is_segmented_by_the_longest_lexicon_word() -> None:
 def test_english_synonyms_come_along() -> None:
     assert {"bug", "昆虫"} <= set(translated_terms("insect"))
     assert "office" in translated_terms("办公用品")
+
+
+def test_attribute_words_weigh_less_beside_the_thing_asked_for() -> None:
+    """"red bird" is about birds: its colour terms (the word and the concept) count
+    ATTRIBUTE_QUERY_WEIGHT each, the noun 1; a query of attribute words alone keeps 1."""
+    q = query_vector("red bird")
+    assert q is not None
+    weight = dict(zip(q.indices.tolist(), q.values.tolist(), strict=True))
+    assert weight[term_index("bird")] == 1.0
+    assert weight[term_index("red")] == weight[term_index("~colour:red")] \
+        == ATTRIBUTE_QUERY_WEIGHT < 1.0
+    # The Chinese twin weighs the same English terms the same way.
+    zh = query_vector("红色的鸟")
+    assert zh is not None
+    zh_weight = dict(zip(zh.indices.tolist(), zh.values.tolist(), strict=True))
+    for term in ("bird", "red", "~colour:red"):
+        assert zh_weight[term_index(term)] == weight[term_index(term)]
+    alone = query_vector("红色")
+    assert alone is not None and set(alone.values.tolist()) == {1.0}
