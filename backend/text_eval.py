@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from backend.config import SearchSettings
-from backend.domain.lexical import LEXICAL, product_vector
+from backend.domain.lexical import LEXICAL, english_rendering, product_vector
 from backend.domain.payload import product_payload
-from backend.domain.text_search import TEXT, exact_keys, text_prefetches
+from backend.domain.text_search import TEXT, exact_keys, hybrid_dense, text_prefetches
 from backend.domain.text_terms import exact_key
 from backend.domain.types import Filters, Product
 from backend.stores.vectors import CollectionSpec, EdgeVectorStore, VectorPoint, point_id
@@ -131,6 +131,21 @@ def _overlap(a: list[list[int]], b: list[list[int]]) -> float:
                  4)
 
 
+def _texts(sets: dict[str, tuple[list[str], list[str] | None, np.ndarray]], name: str,
+           lang: str) -> list[str]:
+    en, zh, _ = sets[name]
+    return en if lang == "en" else (zh or [])
+
+
+def _blended(texts: list[str], vectors: np.ndarray,
+             encode: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    renderings = [english_rendering(t) for t in texts]
+    wanted = [r for r in renderings if r]
+    rendered = iter(encode(wanted)) if wanted else iter(())
+    return np.stack([hybrid_dense(v, next(rendered) if r else None)
+                     for v, r in zip(vectors, renderings, strict=True)]).astype(np.float32)
+
+
 def hybrid_rows(inp: dict[str, Any]) -> dict[str, Any]:
     """Rows for the text task (see the module docstring). `inp` holds: items (the gallery),
     sets (name -> (en texts, zh texts or None, relevance)), docs (title embeddings),
@@ -166,6 +181,10 @@ def hybrid_rows(inp: dict[str, Any]) -> dict[str, Any]:
 
     query_vectors = {(name, lang): encode(texts) for name, (en, zh, _) in sets.items()
                      for lang, texts in (("en", en), ("zh", zh)) if texts}
+    # The hybrid rows' dense half, as the server searches it: a Chinese query with an
+    # English rendering blended with it (`text_search.hybrid_dense`).
+    hybrid_vectors = {key: _blended(texts, query_vectors[key], encode)
+                      for key, texts in ((k, _texts(sets, *k)) for k in query_vectors)}
     depth = SearchSettings().text_depth
     out: dict[str, Any] = {}
     catalogs = {
@@ -189,7 +208,8 @@ def hybrid_rows(inp: dict[str, Any]) -> dict[str, Any]:
                         for lang, texts in (("en", en), ("zh", zh)):
                             if not texts:
                                 continue
-                            vectors = query_vectors[(name, lang)]
+                            vectors = (hybrid_vectors if mode.startswith("hybrid")
+                                       else query_vectors)[(name, lang)]
                             tops[lang] = [index.top(mode, t, v, depth)
                                           for t, v in zip(texts, vectors, strict=True)]
                             entry[lang] = _metrics(tops[lang], rel)

@@ -22,7 +22,7 @@ import zlib
 
 import numpy as np
 
-from backend.domain.lexicon import translated_terms
+from backend.domain.lexicon import english_name, segment_han, translated_terms
 from backend.domain.text_terms import (
     HAN_RUN,
     exact_key,
@@ -279,3 +279,30 @@ def _han_named(term: str, named: set[str]) -> bool:
 
 def title_key(title: str) -> str:
     return exact_key(title)
+
+
+def english_rendering(text: str) -> str | None:
+    """A query with Chinese in it said in English word by word through the lexicon and the
+    attribute names ("红色的鸟" -> "red bird"), for the dense half of the query to search with
+    beside the query itself; None when there is no Chinese or a Chinese character is neither
+    a known word nor a particle (a partial rendering would change what is asked)."""
+    folded = normalise(text)
+    if not HAN_RUN.search(folded):
+        return None
+    attribute = {s: c.split(":", 1)[1] for s, c in _SURFACES if HAN_RUN.fullmatch(s)}
+    out: list[str] = []
+    position = 0
+    for match in HAN_RUN.finditer(folded):
+        out.append(folded[position:match.start()].strip())
+        position = match.end()
+        words = segment_han(match.group())
+        covered = sum(map(len, words)) + sum(c in _HAN_STOP for c in match.group())
+        if covered < len(match.group()):
+            return None
+        for word in words:
+            english = attribute.get(word) or english_name(word)
+            if english is None:
+                return None
+            out.append(english)
+    out.append(folded[position:].strip())
+    return " ".join(w for w in out if w) or None

@@ -408,6 +408,13 @@ def segment_han(run: str) -> list[str]:
     return out
 
 
+def english_name(zh_word: str) -> str | None:
+    """The usual English name of a Chinese lexicon word (its first concept's first name)."""
+    zh, _, _, _ = _indexes()
+    found = sorted(zh.get(zh_word, ()))
+    return CONCEPTS[found[0]][0][0] if found else None
+
+
 def concepts_named(text: str) -> list[int]:
     """Lexicon concepts a query names, in either language, in order of appearance."""
     zh, en, _, longest_en = _indexes()

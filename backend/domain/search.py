@@ -18,6 +18,7 @@ from PIL.Image import Image
 
 from backend.config import SearchSettings
 from backend.domain.hydration import IndexedVersionClock, ProductCache, hydrate
+from backend.domain.lexical import english_rendering
 from backend.domain.mmr import mmr
 from backend.domain.payload import normalise_filters
 from backend.domain.photo_index import PhotoIndex
@@ -30,7 +31,7 @@ from backend.domain.photo_search import (
 )
 from backend.domain.ports import IndexedCatalog, VectorEncoder
 from backend.domain.product_rules import check_price_range
-from backend.domain.text_search import count_facets, explain_parts, search_text
+from backend.domain.text_search import count_facets, explain_parts, hybrid_dense, search_text
 from backend.domain.types import Filters, Product, SearchHit, SearchResult
 from backend.domain.vectors import FACET_KEYS, FacetCounts, ScoredPoint, VectorStore
 from backend.errors import InvalidInput, NotFound, NotReady, shown
@@ -289,10 +290,16 @@ class SearchService:
             image = await decode_query_photo(query.image, self._settings)
             views = await run_heavy(query_views, image)
         text = query.text.strip() or None
+        hybrid = text is not None and not views and self._settings.text_lexical
+        # A Chinese query the lexicon renders in English searches with both (hybrid_dense);
+        # the rendering is encoded beside the query, in the same batch.
+        rendering = english_rendering(text) if hybrid and text is not None else None
         # Every view goes through the batcher at once, so they share one forward pass.
         encoded = await asyncio.gather(
             *(self._encoder.encode(view, text) for view in views)
-        ) if views else [await self._encoder.encode(None, text)]
+        ) if views else list(await asyncio.gather(
+            self._encoder.encode(None, text),
+            *([self._encoder.encode(None, rendering)] if rendering else [])))
 
         def vector_for(vectors: dict[str, np.ndarray]) -> str:
             """The named vector a query searches: the fused one for photos when a fusion
@@ -304,9 +311,10 @@ class SearchService:
                 return "fused"
             return "hybrid" if "text" in vectors else "image"
 
-        if text is not None and not views and self._settings.text_lexical:
+        if hybrid and text is not None:
             # Text alone: dense + lexical + exact SKU/title, fused in one store query.
-            dense = encoded[0]["text"]
+            dense = hybrid_dense(encoded[0]["text"],
+                                 encoded[1]["text"] if rendering else None)
             points = await self._io(
                 search_text, self._vectors, collection, text, dense, filters, limit,
                 self._settings, with_vectors or query.explain, page_limit)

@@ -24,6 +24,17 @@ TEXT = "text"
 EXACT_DEPTH = 30
 
 
+def hybrid_dense(query: np.ndarray, rendering: np.ndarray | None) -> np.ndarray:
+    """The dense vector a text query searches with: its own, or, for a Chinese query the
+    lexicon renders in English (`lexical.english_rendering`), the normalised sum of both,
+    so that "红色的鸟" searches near "red bird" where the encoder puts the two apart."""
+    if rendering is None:
+        return query
+    total = query / (float(np.linalg.norm(query)) or 1.0) + \
+        rendering / (float(np.linalg.norm(rendering)) or 1.0)
+    return (total / (float(np.linalg.norm(total)) or 1.0)).astype(np.float32)
+
+
 def exact_keys(text: str) -> dict[str, tuple[str, ...]]:
     """Payload keys an exact query matches: the SKU as typed, the title as typed, a brand
     name (a query that is exactly a brand ranks that brand's products first, as the brand

@@ -10,6 +10,7 @@ from backend.domain.lexical import (
     ATTRIBUTE_QUERY_WEIGHT,
     document_terms,
     document_vector,
+    english_rendering,
     match_terms,
     product_fields,
     query_terms,
@@ -17,6 +18,7 @@ from backend.domain.lexical import (
     term_index,
 )
 from backend.domain.lexicon import segment_han, translated_terms
+from backend.domain.text_search import hybrid_dense
 from backend.domain.text_terms import exact_key, sku_key, terms
 from backend.domain.types import Product
 
@@ -140,3 +142,24 @@ def test_attribute_words_weigh_less_beside_the_thing_asked_for() -> None:
         assert zh_weight[term_index(term)] == weight[term_index(term)]
     alone = query_vector("红色")
     assert alone is not None and set(alone.values.tolist()) == {1.0}
+
+
+def test_chinese_queries_are_rendered_in_english_word_by_word() -> None:
+    assert english_rendering("红色的鸟") == "red bird"
+    assert english_rendering("红色 棉 衬衫") == "red cotton shirt"
+    assert english_rendering("办公用品 A4") == "office a4"
+    # No Chinese: nothing to render; a character the lexicon does not know: no rendering
+    # (half a translation would ask for something else).
+    assert english_rendering("red bird") is None
+    assert english_rendering("奇怪的鸟") is None
+
+
+def test_hybrid_dense_blends_a_rendering_and_keeps_unit_length() -> None:
+    rng = np.random.default_rng(0)
+    query, rendering = rng.normal(size=(2, 8)).astype(np.float32)
+    assert hybrid_dense(query, None) is query
+    blended = hybrid_dense(query, rendering)
+    assert abs(float(np.linalg.norm(blended)) - 1.0) < 1e-5
+    unit = [v / np.linalg.norm(v) for v in (query, rendering)]
+    # Halfway: as close to the query as to its rendering.
+    assert abs(float(blended @ unit[0]) - float(blended @ unit[1])) < 1e-5
