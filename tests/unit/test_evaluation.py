@@ -186,6 +186,23 @@ def test_text_task_end_to_end(tmp_path: Path) -> None:
     assert "recall@10" in multi["category"]["zh"]
     assert "zh" not in multi["title"]  # titles have no Chinese twin
     assert 0.0 <= multi["category"]["zh_en_overlap@10"] <= 1.0
+    # Every registered text encoder has its rows, e5 among them.
+    assert "recall@10" in doc["variants"]["e5"]["item"]["zh"]
+
+
+@needs_clipart
+@pytest.mark.timeout(180)
+def test_text_task_vector_store_rows_on_another_encoder(tmp_path: Path) -> None:
+    """`--text-encoder e5`: the lexical / dense / hybrid rows are measured on e5's vectors,
+    and an exact SKU still comes first."""
+    from backend.text_eval import hybrid_rows
+
+    doc = runner.run("text", out_dir=tmp_path, limit=60, queries=10, variants=[],
+                     text_retrieval=hybrid_rows, text_encoder="e5")
+    assert doc["retrieval_encoder"] == "e5"
+    for mode in ("lexical", "dense", "hybrid-rrf", "hybrid-dbsf"):
+        assert f"{mode} [catalog]" in doc["variants"]
+    assert doc["variants"]["hybrid-rrf [catalog]"]["sku"]["en"]["recall@1"] == 1.0
 
 
 @needs_fmnist
