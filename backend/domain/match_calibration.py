@@ -12,7 +12,6 @@ in use, so one bad image never leaves matching unavailable."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import logging
 import random
@@ -26,7 +25,9 @@ import numpy as np
 from PIL import Image
 
 from backend.domain.match import MatchService, catalog_attributes
+from backend.domain.match_folds import cross_validated, item_folds
 from backend.domain.match_model import (
+    FEATURES,
     VERDICTS,
     MatchCalibration,
     attribute_diffs,
@@ -84,6 +85,8 @@ class CalibrationReport:
     metrics: dict[str, object] = field(default_factory=dict)
     # condition -> "after" / "before" -> verdict_metrics(...)
     conditions: dict[str, dict[str, dict[str, object]]] = field(default_factory=dict)
+    # One row per labelled listing (its held-out prediction): for error analysis, not saved.
+    cases: list[dict[str, object]] = field(default_factory=list)
 
     def f1(self, verdict: str, condition: str, which: str = "after") -> float:
         per_verdict = self.conditions[condition][which]["per_verdict"]
@@ -99,12 +102,6 @@ class CalibrationReport:
             "skipped": [{"sku": s.sku, "uri": s.uri, "reason": s.reason} for s in self.skipped],
             "calibration_file": str(self.path),
         }
-
-
-def held_out(product_id: str) -> bool:
-    """One item in five is never used to fit, by a hash of its id: stable whatever the
-    sample's order, and items (not pairs) are split."""
-    return hashlib.sha1(product_id.encode()).digest()[0] % 5 == 0
 
 
 class MatchCalibrator:
@@ -146,9 +143,11 @@ class MatchCalibrator:
         log.info("match calibration is stale (%s): calibrating", status.reason)
         return self.calibrate(items, progress=progress)
 
-    def sample(self, items: int) -> tuple[list[Product], list[Image.Image], list[SkippedImage]]:
-        """The first `items` products (in id order) whose first image loads under the
-        configured limits; the others are skipped and reported."""
+    def sample(self, items: int, skip: int = 0
+               ) -> tuple[list[Product], list[Image.Image], list[SkippedImage]]:
+        """The first `items` products (in id order, after the first `skip` readable ones)
+        whose first image loads under the configured limits; the others are skipped and
+        reported."""
         products: list[Product] = []
         images: list[Image.Image] = []
         skipped: list[SkippedImage] = []
@@ -163,6 +162,9 @@ class MatchCalibrator:
                 except (OSError, ImageDecodeError) as exc:
                     skipped.append(SkippedImage(product.sku, uri, str(exc)))
                     continue
+                if skip > 0:
+                    skip -= 1
+                    continue
                 products.append(product)
                 images.append(image)
                 if len(products) >= items:
@@ -171,13 +173,16 @@ class MatchCalibrator:
 
     def calibrate(self, items: int = DEFAULT_ITEMS, seed: int = 17,
                   progress: Callable[[int], object] | None = None,
-                  baseline: MatchService | None = None) -> CalibrationReport:
-        """Fit on the items not held out, measure per condition on the held-out ones, write
-        the calibration atomically. `baseline`: a second service (the dense-only photo path)
-        whose cases are scored too, fitted on easy photos only, for a before/after report."""
+                  baseline: MatchService | None = None, skip: int = 0) -> CalibrationReport:
+        """Fit on all sampled items and write the calibration atomically; the held-out
+        figures per condition come from k-fold by item (`match_folds`): each item's listings
+        are predicted by a model fitted on the other folds' items. `baseline`: a second
+        service (the dense-only photo path) whose cases are scored too, fitted on easy
+        photos only, for a before/after report. `skip`: readable products passed over
+        before sampling (an evaluation on other items than the default sample's)."""
         started = time.monotonic()
         version = self._catalog.catalog_version()
-        products, images, skipped = self.sample(items)
+        products, images, skipped = self.sample(items, skip)
         for s in skipped:
             log.warning("match calibration: skipped %s (%s): %s", s.sku, s.uri, s.reason)
         if len(products) < MIN_ITEMS:
@@ -186,41 +191,50 @@ class MatchCalibrator:
                 f"to calibrate ({len(products)} found, {len(skipped)} images skipped)")
         cases = build_cases(products, images, self._neighbours(products), catalog_values(
             products), random.Random(seed))
-        scored = asyncio.run(self._score(cases, products, self._match, progress))
-        test = np.array([held_out(products[c.target].product_id) for c in cases])
+        features, found = asyncio.run(self._score(cases, products, self._match, progress))
         hard = np.array([c.condition == "hard" for c in cases])
         labels = np.array([c.label for c in cases])
-        features, found = scored
-        if test.all() or not test.any():
-            test = np.array([c.target % 5 == 0 for c in cases])  # tiny samples: by position
-        calibration = MatchCalibration.fit_both(features[~test], labels[~test],
-                                                self._encoder.model_version)
+        item_fold = item_folds([p.product_id for p in products])
+        fold = item_fold[[c.target for c in cases]]
+        model_version = self._encoder.model_version
+
+        def fit(x: np.ndarray, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+            return MatchCalibration.fit(x, y, model_version).probabilities
+
+        calibration = MatchCalibration.fit_both(features, labels, model_version)
         calibration.catalog_version, calibration.items = version, len(products)
+        held = cross_validated(features, labels, fold, fit)
         conditions: dict[str, dict[str, dict[str, object]]] = {}
         for name in CONDITIONS:
-            rows = test & (hard if name == "hard" else ~hard)
-            conditions[name] = {"after": verdict_metrics(
-                calibration.probabilities(features[rows]), found[rows], labels[rows])}
+            rows = hard if name == "hard" else ~hard
+            conditions[name] = {"after": verdict_metrics(held[rows], found[rows],
+                                                         labels[rows])}
+        case_rows = [_case_row(products[c.target], c, features[k], bool(found[k]), held[k])
+                     for k, c in enumerate(cases)]
         if baseline is not None:
             base_features, base_found = asyncio.run(
                 self._score(cases, products, baseline, progress))
-            base = MatchCalibration.fit(base_features[~test & ~hard], labels[~test & ~hard],
-                                        self._encoder.model_version)
+            base = cross_validated(base_features, labels, fold, fit, fit_rows=~hard)
             for name in CONDITIONS:
-                rows = test & (hard if name == "hard" else ~hard)
-                conditions[name]["before"] = verdict_metrics(
-                    base.probabilities(base_features[rows]), base_found[rows], labels[rows])
+                rows = hard if name == "hard" else ~hard
+                conditions[name]["before"] = verdict_metrics(base[rows], base_found[rows],
+                                                             labels[rows])
         calibration.save(self.path)
         metrics: dict[str, object] = {
-            "model_version": self._encoder.model_version,
+            "model_version": model_version,
             "catalog_version": version,
-            "items_held_out": len({c.target for c, t in zip(cases, test, strict=True) if t}),
-            "pairs_train": int((~test).sum()),
-            "pairs_held_out": int(test.sum()),
+            "folds": len(set(item_fold.tolist())),
+            "items_held_out": len(products),  # every item, once, in its fold
+            "pairs_fitted": len(cases),  # the shipped model: all items
+            "pairs_held_out": len(cases),
+            "listings_per_condition": {name: int((hard if name == "hard" else ~hard).sum())
+                                       for name in CONDITIONS},
             "seed": seed,
+            "skip": skip,
             "seconds": round(time.monotonic() - started, 1),
         }
-        return CalibrationReport(self.path, len(products), skipped, metrics, conditions)
+        return CalibrationReport(self.path, len(products), skipped, metrics, conditions,
+                                 case_rows)
 
     def _neighbours(self, products: list[Product]) -> list[int]:
         """For each sampled item, the visually closest other sampled item (its DIFFERENT
@@ -258,6 +272,15 @@ class MatchCalibrator:
         return np.stack(rows), np.array(found)
 
 
+def _case_row(product: Product, case: ListingCase, features: np.ndarray, found: bool,
+              probs: np.ndarray) -> dict[str, object]:
+    return {"sku": product.sku, "condition": case.condition, "label": VERDICTS[case.label],
+            "found": found, "predicted": VERDICTS[int(probs.argmax())] if found else
+            VERDICTS[DIFFERENT], "probabilities": [round(float(p), 4) for p in probs],
+            "features": {n: round(float(v), 4) for n, v in zip(FEATURES, features,
+                                                               strict=True)}}
+
+
 def verdict_metrics(probs: np.ndarray, found: np.ndarray, truth: np.ndarray
                     ) -> dict[str, object]:
     """Precision / recall / F1 per verdict of the answer a user gets: a product that was not
@@ -276,6 +299,7 @@ def verdict_metrics(probs: np.ndarray, found: np.ndarray, truth: np.ndarray
     confidence = probs.max(axis=1)
     same = truth == 0
     return {
+        "listings": len(truth),
         "per_verdict": per_verdict,
         "accuracy": round(float((predicted == truth).mean()), 4) if len(truth) else 0.0,
         "same_candidate_recall": round(float(found[same].mean()), 4) if same.any() else 0.0,

@@ -83,7 +83,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     settings = load_settings(data_dir=folder / "data", grpc_port=0, indexer_poll_ms=50,
                              auth={"enabled": False},
                              search={"max_image_pixels": PIXEL_LIMIT, "local_features": False})
-    app = build_app(settings, encoder=FakeEncoder())  # type: ignore[arg-type]
+    app = build_app(settings, encoder=FakeEncoder())
     report = ingest_file(catalog, app.catalog, roots=[folder])
     assert not report.bad, report.bad
     server = BackgroundServer(app)
@@ -128,6 +128,13 @@ def test_calibration_skips_bad_images_and_matching_answers(served: Served) -> No
     assert MatchCalibration.load(report.path).without_verification is not None
     assert report.to_dict()["skipped_images"] == 2
     assert set(report.conditions) == {"easy", "hard"}
+    # Held-out figures by k-fold over items: every item's listings are measured, once.
+    assert report.metrics["items_held_out"] == GOOD_ITEMS
+    for name in ("easy", "hard"):
+        listings = int(report.conditions[name]["after"]["listings"])  # type: ignore[call-overload]
+        assert listings == report.metrics["listings_per_condition"][name]  # type: ignore[index]
+        assert listings >= 3 * GOOD_ITEMS  # SAME and two DIFFERENT listings per item
+    assert len(report.cases) == report.metrics["pairs_held_out"]
     assert not s.app.calibrator.status().stale
 
     response = match(s, 3)
