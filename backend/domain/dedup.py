@@ -20,7 +20,6 @@ from backend.domain.match_model import (
     attribute_diffs,
     best_cosine,
     pair_features,
-    title_overlap,
 )
 from backend.domain.ports import DedupCatalog, DedupPair, ProductReader
 from backend.domain.tenants import fold_name
@@ -140,8 +139,7 @@ def _score_candidates(catalog: ProductReader, vectors: VectorStore, collection: 
         text_sim = best_cosine(texts[0][1], other_texts[0][1]) if texts and other_texts else 0.0
         diffs = attribute_diffs(catalog_attributes(product), catalog_attributes(other))
         p_same = float(calibration.probabilities(pair_features(
-            image_sim, text_sim, diffs, max(rivals) if rivals else None,
-            overlap=title_overlap(product.title, other.title)))[0][_SAME])
+            image_sim, text_sim, diffs, max(rivals) if rivals else None))[0][_SAME])
         if p_same >= WEAK:
             evidence[key] = PairEvidence(
                 p_same, image_sim or 0.0, text_sim,

@@ -28,7 +28,6 @@ from backend.domain.match_model import (
     best_cosine,
     calibration_path,
     pair_features,
-    title_overlap,
 )
 from backend.domain.payload import normalise_filters
 from backend.domain.photo_index import PhotoIndex
@@ -93,7 +92,6 @@ class Evidence:
     image_sim: float | None
     text_sim: float
     verification: dict[str, float] = field(default_factory=lambda: dict(NO_VERIFICATION))
-    overlap: float = 0.0  # title_overlap of the listing's text with the product's title
 
 
 @dataclass
@@ -114,7 +112,7 @@ class ListingEvidence:
                   if pid != product_id]
         with_photo = ev.image_sim is not None
         return pair_features(ev.image_sim, ev.text_sim, diffs,
-                             max(others) if others else None, ev.verification, ev.overlap,
+                             max(others) if others else None, ev.verification,
                              max(rivals) if rivals and with_photo else None)
 
 
@@ -253,9 +251,8 @@ class MatchService:
         all_views = [v for views in photos for v in views.plain]
         by_product: dict[str, Evidence] = {}
         for product in visible:
-            by_product[product.product_id] = ev = await asyncio.to_thread(
+            by_product[product.product_id] = await asyncio.to_thread(
                 self._similarities, collection, product.product_id, all_views, text_vec)
-            ev.overlap = title_overlap(text, product.title)
         for query, done in zip(queries, checked, strict=True):
             missing = [p.product_id for p in visible if p.product_id not in done]
             if missing:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ FEATURES = (
     "image_sim", "text_sim", "has_image", "size_diff", "material_diff", "colour_diff",
     "brand_diff", "n_diff", "image_sim*any_diff", "image_sim*n_diff", "image_sim^2",
     "image_margin", "verified", "log_inliers", "photo_probability",
-    "title_overlap", "photo_margin", "vote_share", "log_votes",
+    "photo_margin", "vote_share", "log_votes",
 )
 # Where the photo's geometric verification against the candidate's stored local features
 # stands: no check (no local features, or a listing without a photo) reads as not verified.
@@ -32,7 +31,7 @@ NO_VERIFICATION = {"verified": 0.0, "inliers": 0.0, "probability": 0.0, "votes":
 # without a photo to verify (dedup), whose model is fitted with these columns blanked.
 VERIFICATION_COLUMNS = [FEATURES.index(n) for n in (
     "verified", "log_inliers", "photo_probability", "photo_margin", "vote_share", "log_votes")]
-_WORD = re.compile(r"\w+")
+
 
 
 @dataclass(frozen=True)
@@ -52,19 +51,9 @@ def attribute_diffs(listing: dict[str, str], catalog: dict[str, str]) -> list[At
     return diffs
 
 
-def title_overlap(listing_text: str, catalog_title: str) -> float:
-    """The share of the catalog title's words found in the listing's text, case and order
-    ignored: a re-titled listing (words reordered, one dropped, sales filler added) keeps
-    most of them, where a dense text cosine drops with every added word."""
-    words = set(_WORD.findall(catalog_title.lower()))
-    if not words:
-        return 0.0
-    return len(words & set(_WORD.findall(listing_text.lower()))) / len(words)
-
-
 def pair_features(image_sim: float | None, text_sim: float, diffs: list[AttributeDiff],
                   best_other_image_sim: float | None = None,
-                  verification: dict[str, float] | None = None, overlap: float = 0.0,
+                  verification: dict[str, float] | None = None,
                   best_other_probability: float | None = None) -> np.ndarray:
     """`best_other_image_sim`: how well the listing's photo matches the best OTHER catalog
     candidate; a photo matching another item better is rarely this one. `verification`:
@@ -73,7 +62,9 @@ def pair_features(image_sim: float | None, text_sim: float, diffs: list[Attribut
     a recoloured or re-photographed item still verifies on its shapes where the CNN's
     cosine is fooled by clutter. `best_other_probability`: the photo scorer's probability
     of the best OTHER candidate (on hard photos few items verify, but the one pictured
-    still scores above the others). `overlap`: `title_overlap`."""
+    still scores above the others). No title word overlap: the labelled SAME listings are
+    re-worded titles, so it would learn the pair generator's wording and count against a
+    real listing under other words."""
     names = {d.field for d in diffs}
     ver = verification or NO_VERIFICATION
     image = image_sim if image_sim is not None else 0.0
@@ -93,7 +84,6 @@ def pair_features(image_sim: float | None, text_sim: float, diffs: list[Attribut
             ver["verified"],
             float(np.log1p(ver["inliers"])),
             ver["probability"],
-            overlap,
             ver["probability"] - best_other_probability
             if best_other_probability is not None else 0.0,
             ver.get("vote_share", 0.0),

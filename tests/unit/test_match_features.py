@@ -1,6 +1,5 @@
-"""The verdict features a listing's users rely on: a re-titled listing keeps its title
-overlap, a photo that scores another candidate higher reads as such, and a pair without a
-photo (dedup) carries no photo evidence at all."""
+"""The verdict features a listing's users rely on: a photo that scores another candidate
+higher reads as such, and a pair without a photo (dedup) carries no photo evidence."""
 
 from __future__ import annotations
 
@@ -13,19 +12,11 @@ from backend.domain.match_model import (
     NO_VERIFICATION,
     VERIFICATION_COLUMNS,
     pair_features,
-    title_overlap,
 )
 
 
 def feature(row: np.ndarray, name: str) -> float:
     return float(row[FEATURES.index(name)])
-
-
-def test_title_overlap_ignores_order_case_and_sales_filler() -> None:
-    assert title_overlap("new green LIZARD figure . Acme", "Lizard figure green") == 1.0
-    assert title_overlap("figure premium green", "Lizard figure green") == pytest.approx(2 / 3)
-    assert title_overlap("barber shop sign", "Lizard figure green") == 0.0
-    assert title_overlap("anything", "") == 0.0
 
 
 def verification(probability: float, votes: float = 10.0) -> dict[str, float]:
@@ -35,14 +26,13 @@ def verification(probability: float, votes: float = 10.0) -> dict[str, float]:
 
 def test_photo_margin_is_against_the_best_other_candidate() -> None:
     evidence = ListingEvidence([], {
-        "pictured": Evidence(0.6, 0.5, verification(0.9), overlap=0.5),
-        "same-title": Evidence(0.4, 0.9, verification(0.3), overlap=1.0),
+        "pictured": Evidence(0.6, 0.5, verification(0.9)),
+        "same-title": Evidence(0.4, 0.9, verification(0.3)),
     })
     pictured = evidence.features("pictured", [])
     same_title = evidence.features("same-title", [])
     assert feature(pictured, "photo_margin") == pytest.approx(0.6)
     assert feature(same_title, "photo_margin") == pytest.approx(-0.6)
-    assert feature(same_title, "title_overlap") == 1.0
     assert feature(pictured, "log_votes") == pytest.approx(np.log1p(10.0))
 
 
@@ -52,6 +42,6 @@ def test_a_listing_without_a_photo_has_no_photo_margin() -> None:
 
 
 def test_a_pair_without_a_photo_to_verify_is_zero_in_every_photo_column() -> None:
-    row = pair_features(0.7, 0.8, [], 0.5, overlap=1.0)
+    row = pair_features(0.7, 0.8, [], 0.5)
     assert (row[VERIFICATION_COLUMNS] == 0.0).all()
-    assert feature(row, "title_overlap") == 1.0
+    assert feature(row, "image_sim") == pytest.approx(0.7)
