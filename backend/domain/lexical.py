@@ -22,6 +22,7 @@ import zlib
 
 import numpy as np
 
+from backend.domain.attribute_names import COLOURS, MATERIALS, SIZES
 from backend.domain.lexicon import english_name, segment_han, translated_terms
 from backend.domain.text_terms import (
     HAN_RUN,
@@ -54,26 +55,6 @@ FIELD_WEIGHTS: dict[str, float] = {
 }
 # Long descriptions would drown the title; their first words are what a shopper types.
 _DESCRIPTION_CHARS = 400
-
-# The catalog's attribute vocabulary in English and Chinese: canonical value -> other names.
-COLOURS: dict[str, tuple[str, ...]] = {
-    "red": ("红色",), "orange": ("橙色",), "brown": ("棕色", "咖啡色"),
-    "yellow": ("黄色",), "green": ("绿色",), "blue": ("蓝色",),
-    "purple": ("紫色",), "pink": ("粉色", "粉红色"), "black": ("黑色",),
-    "white": ("白色",), "grey": ("灰色", "gray"), "beige": ("米色",),
-    "gold": ("金色",), "silver": ("银色",),
-}
-MATERIALS: dict[str, tuple[str, ...]] = {
-    "cotton": ("棉", "棉质", "纯棉"), "wool": ("羊毛",), "leather": ("皮革", "真皮"),
-    "plastic": ("塑料",), "metal": ("金属",), "wood": ("木头", "木质", "wooden"),
-    "glass": ("玻璃",), "paper": ("纸",), "silk": ("丝绸", "真丝"), "linen": ("亚麻",),
-    "polyester": ("涤纶", "聚酯"), "steel": ("钢", "不锈钢"), "ceramic": ("陶瓷",),
-}
-SIZES: dict[str, tuple[str, ...]] = {
-    "xs": ("加小号",), "s": ("小号", "small"), "m": ("中号", "medium"),
-    "l": ("大号", "large"), "xl": ("加大号", "x-large"), "xxl": ("加加大号", "2xl", "xx-large"),
-}
-
 
 def _concept(kind: str, value: str) -> str:
     return f"~{kind}:{value}"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from backend.domain.attribute_names import attribute_names
 from backend.domain.text_terms import HAN_RUN, han_terms, normalise, terms
 
 # English names ; Chinese names. The first name of each side is the usual one.
@@ -372,8 +373,6 @@ def _en_key(name: str) -> tuple[str, ...]:
 @lru_cache(maxsize=1)
 def _indexes() -> tuple[dict[str, set[int]], dict[tuple[str, ...], set[int]], int, int]:
     """Chinese name -> concepts, English term sequence -> concepts, the longest of each."""
-    from backend.domain.lexical import attribute_surfaces
-
     zh: dict[str, set[int]] = {}
     en: dict[tuple[str, ...], set[int]] = {}
     for n, (en_names, zh_names) in enumerate(CONCEPTS):
@@ -385,7 +384,7 @@ def _indexes() -> tuple[dict[str, set[int]], dict[tuple[str, ...], set[int]], in
                 en.setdefault(key, set()).add(n)
     # Attribute words ("红色", "金色") take part in segmentation, naming no concept here, so
     # that their characters are not read as other words ("金" of "金色" is not money).
-    for surface in attribute_surfaces():
+    for surface in map(normalise, attribute_names()):
         if HAN_RUN.fullmatch(surface):
             zh.setdefault(surface, set())
     return zh, en, max(map(len, zh)), max(map(len, en))
