@@ -26,9 +26,6 @@ PhotoScorer signals (any may be missing; a missing one takes its documented defa
 - "inliers": RANSAC inliers among the votes' correspondences (0 when verification failed)
 - "inlier_ratio": inliers / votes (0..1)
 - "dense_cos": cosine of the global CNN vectors of photo and catalog image
-- "dense_margin": dense_cos minus the best dense_cos of the photo's other candidates
-  (positive only for the dense top hit: how clearly the global vector picks it; without it
-  a plain product photo's clear dense match lost to a few stray votes for another item)
 """
 
 from __future__ import annotations
@@ -502,12 +499,10 @@ def _project_box(h: np.ndarray, size: tuple[int, int], frame: tuple[int, int]
 
 # -------------------------------------------------------------------------------- scorer
 
-SCORER_SIGNALS = ("votes", "vote_share", "inliers", "inlier_ratio", "dense_cos",
-                  "dense_margin")
+SCORER_SIGNALS = ("votes", "vote_share", "inliers", "inlier_ratio", "dense_cos")
 _DEFAULTS = {"votes": 0.0, "vote_share": 0.0, "inliers": 0.0, "inlier_ratio": 0.0,
-             "dense_cos": 0.0, "dense_margin": 0.0}
-SCORER_TRANSFORM = ("log1p(votes), vote_share, log1p(inliers), inlier_ratio, dense_cos, "
-                    "dense_margin")
+             "dense_cos": 0.0}
+SCORER_TRANSFORM = "log1p(votes), vote_share, log1p(inliers), inlier_ratio, dense_cos"
 
 
 def scorer_features(signals: dict[str, float], defaults: dict[str, float] | None = None
@@ -518,7 +513,7 @@ def scorer_features(signals: dict[str, float], defaults: dict[str, float] | None
     value = {k: float(signals.get(k, d[k])) for k in SCORER_SIGNALS}
     return np.array([math.log1p(max(0.0, value["votes"])), value["vote_share"],
                      math.log1p(max(0.0, value["inliers"])), value["inlier_ratio"],
-                     value["dense_cos"], value["dense_margin"]], dtype=np.float64)
+                     value["dense_cos"]], dtype=np.float64)
 
 
 @dataclass

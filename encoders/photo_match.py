@@ -128,8 +128,7 @@ VERIFY_VOTED = 20
 
 
 def vote_signals(votes: int, passed: int, verification: Verification | None,
-                 dense_cos: float | None, dense_margin: float | None = None
-                 ) -> dict[str, float]:
+                 dense_cos: float | None) -> dict[str, float]:
     """The scorer's signals of one candidate (encoders.local_features documents them)."""
     out = {"votes": float(votes), "vote_share": votes / passed if passed else 0.0}
     if verification is not None:
@@ -137,24 +136,6 @@ def vote_signals(votes: int, passed: int, verification: Verification | None,
         out["inlier_ratio"] = (verification.inliers / votes) if votes else 0.0
     if dense_cos is not None:
         out["dense_cos"] = float(dense_cos)
-    if dense_margin is not None:
-        out["dense_margin"] = float(dense_margin)
-    return out
-
-
-def dense_margins(cosines: Sequence[float | None], products: Sequence[str]
-                  ) -> list[float | None]:
-    """Each candidate's dense cosine minus the best cosine of another product's candidate
-    (0 when there is none; None stays None)."""
-    best: dict[str, float] = {}
-    for cos, product in zip(cosines, products, strict=True):
-        if cos is not None:
-            best[product] = max(cos, best.get(product, -2.0))
-    top = sorted(best.items(), key=lambda kv: -kv[1])[:2]
-    out: list[float | None] = []
-    for cos, product in zip(cosines, products, strict=True):
-        others = [v for p, v in top if p != product]
-        out.append(None if cos is None else cos - others[0] if others else 0.0)
     return out
 
 
@@ -202,14 +183,12 @@ class VoteMatcher:
             votes = self.index.vote(root_sift(query.descriptors), query.keypoints)
             voted = [int(k) for k, _ in votes.ranked()[:depth]]
             rows = list(dict.fromkeys([*voted, *map(int, extra)]))
-            cosines = [None if dense is None else float(dense[row]) for row in rows]
-            margins = dense_margins(cosines, [str(row) for row in rows])
             out = []
             for rank, row in enumerate(rows):
                 n = votes.counts.get(str(row), 0)
                 ver = verify_votes(query, votes, str(row)) if rank < verify_top and n else None
-                cos = cosines[rank]
-                signals = vote_signals(n, votes.passed, ver, cos, margins[rank])
+                cos = None if dense is None else float(dense[row])
+                signals = vote_signals(n, votes.passed, ver, cos)
                 p = self.scorer.score(signals) if self.scorer is not None else 0.0
                 out.append(VoteCandidate(row, n, ver, cos, p, signals))
         out.sort(key=lambda c: (-c.probability, -c.votes, c.index))

@@ -77,7 +77,6 @@ class PhotoCandidate:
     fused_rank: int  # rank in the store's dense (+ text) list; VOTE_DEPTH+ for vote-only
     votes: int = 0  # query descriptors voting for this image
     dense_cos: float | None = None  # best cosine of the photo's views with this image
-    dense_margin: float | None = None  # dense_cos minus the best of the other candidates
     verification: Verification | None = None
     probability: float = 0.0
     parts: dict[str, float] = field(default_factory=dict)
@@ -153,8 +152,7 @@ def signals(candidate: PhotoCandidate, passed: int,
     from encoders.photo_match import vote_signals
 
     ver = verification if verification is not None else candidate.verification
-    parts = vote_signals(candidate.votes, passed, ver, candidate.dense_cos,
-                         candidate.dense_margin)
+    parts = vote_signals(candidate.votes, passed, ver, candidate.dense_cos)
     parts["fused_rank"] = float(candidate.fused_rank)
     return parts
 
@@ -247,12 +245,6 @@ async def search_photo(photo: PhotoIndex, vectors: VectorStore, collection: str,
         if c.votes:
             c.matches = votes.matches[c.point.id]
             c.catalog_size = votes.sizes[c.point.id]
-    from encoders.photo_match import dense_margins
-
-    for c, margin in zip(candidates, dense_margins([c.dense_cos for c in candidates],
-                                                           [c.product_id for c in candidates]),
-                         strict=True):
-        c.dense_margin = margin
     return await asyncio.to_thread(verify_candidates, photo, query, candidates, votes.passed,
                                    verify_top)
 

@@ -160,23 +160,15 @@ def fit_photo_scorer(limit: int = 300, seed: int = 0, out: str | Path = SCORER_F
                      progress: bool = True, command: str = "") -> dict[str, Any]:
     """Fits the PhotoScorer on the server's path (VoteMatcher: descriptor vote ->
     verification on the votes -> signals) with photos of `limit` training items searched
-    against `catalog_size` train-split catalog images (all of them by default): a quarter
-    each of single items among catalog clutter, restock shelves of 2-5 items, hard product
-    photos and plain product photos (the item on a plain surface, where the dense vector
-    alone is right and stray votes must not outrank it). Each candidate (most voted + top
-    dense) is one example, positive when that product is in the photo. `threshold`: the
-    lowest probability whose precision on these examples reaches `precision`;
-    `restock_min_inliers`: the fewest inliers that keep false SKUs per restock shelf at or
-    under `false_per_photo`. Catalog features (local and
+    against `catalog_size` train-split catalog images (all of them by default): a third
+    single items among catalog clutter, a third restock shelves of 2-5 items, a third
+    product photos. Each candidate (most voted + top dense) is one example, positive when
+    that product is in the photo. `threshold`: the lowest probability whose precision on
+    these examples reaches `precision`; `restock_min_inliers`: the fewest inliers that keep
+    false SKUs per restock shelf at or under `false_per_photo`. Catalog features (local and
     dense) come from the evaluation's cache when present."""
     from encoders.evaluation.photo_sets import _dense_views, catalog_local_features
-    from encoders.evaluation.photos import (
-        EASY,
-        PRODUCT_HARD,
-        SHELF,
-        render_scene,
-        render_shelf,
-    )
+    from encoders.evaluation.photos import PRODUCT_HARD, SHELF, render_scene, render_shelf
     from encoders.evaluation.shelf_photos import _catalog_image, _item_rgba
     from encoders.evaluation.variants import IMAGE_VARIANTS, gallery_features
     from encoders.local_features import (
@@ -204,7 +196,7 @@ def fit_photo_scorer(limit: int = 300, seed: int = 0, out: str | Path = SCORER_F
     for n, index in enumerate(tqdm(chosen, desc="scorer photos", unit="photo",
                                    disable=not progress)):
         prng = random.Random(f"scorer:{seed}:{catalog[index].item_id}")
-        kind = n % 4
+        kind = n % 3
         if kind == 0:  # one item among catalog clutter
             others = [j for j in prng.sample(range(len(catalog)), 9) if j != index][:8]
             scene = render_scene(_item_rgba(str(catalog[index].path)), prng, SHELF,
@@ -215,9 +207,9 @@ def fit_photo_scorer(limit: int = 300, seed: int = 0, out: str | Path = SCORER_F
             shelf = [index, *prng.sample(range(len(catalog)), prng.randint(1, 4))]
             photo, _ = render_shelf([_item_rgba(str(catalog[j].path)) for j in shelf], prng)
             present = set(shelf)
-        else:  # a product photo: the item fills the frame (hard, then plain conditions)
+        else:  # a product photo: the item fills the frame
             photo = render_scene(_item_rgba(str(catalog[index].path)), prng,
-                                 PRODUCT_HARD if kind == 2 else EASY).photo
+                                 PRODUCT_HARD).photo
             present = {index}
         dense = _dense_views(ctx, photo, dense_gallery)
         query = extractor.extract(photo, query=True)
@@ -243,10 +235,9 @@ def fit_photo_scorer(limit: int = 300, seed: int = 0, out: str | Path = SCORER_F
                                 "dense",
         "extractor": extractor.version, "descriptor_index": matcher.index.version,
         "dense": IMAGE_VARIANTS["backbone"].version(ctx) + " max over localise.query_views",
-        "data": "openclipart train split only (catalog and photos); photos.SHELF "
+        "data": "openclipart train split only (catalog and photos); thirds: photos.SHELF "
                 "single items among catalog clutter, render_shelf restock shelves of 2-5 "
-                "items, photos.PRODUCT_HARD and photos.EASY product photos (quarters); "
-                "seed strings "
+                "items, photos.PRODUCT_HARD product photos; seed strings "
                 "'scorer:<seed>:<item>'; positive = candidate product is in the photo",
         "threshold_rule": f"lowest probability with precision >= {precision} on these "
                           "examples",

@@ -127,27 +127,17 @@ def test_tree_assignment_matches_a_flat_scan() -> None:
 
 
 def test_scorer_is_monotonic_in_inliers_and_round_trips(tmp_path) -> None:
-    scorer = PhotoScorer(np.array([0.5, 1.0, 2.0, 1.0, 0.0, 0.0]), -6.0, threshold=0.7)
+    scorer = PhotoScorer(np.array([0.5, 1.0, 2.0, 1.0, 0.0]), -6.0, threshold=0.7)
     probs = [scorer.score({"votes": 30, "inliers": n, "inlier_ratio": 0.3})
              for n in (0, 5, 10, 20, 40, 80)]
     assert all(b > a for a, b in itertools.pairwise(probs))
     assert 0.0 < probs[0] < probs[-1] < 1.0
     assert scorer.score({}) == scorer.score({"votes": 0, "vote_share": 0, "inliers": 0,
-                                             "inlier_ratio": 0, "dense_cos": 0,
-                                             "dense_margin": 0})
+                                             "inlier_ratio": 0, "dense_cos": 0})
     scorer.save(tmp_path / "s.json")
     again = PhotoScorer.load(tmp_path / "s.json")
     assert again.score({"inliers": 12}) == pytest.approx(scorer.score({"inliers": 12}))
     assert again.threshold == 0.7
-
-
-def test_dense_margin_is_the_lead_over_the_best_other_product() -> None:
-    from encoders.photo_match import dense_margins
-
-    margins = dense_margins([0.9, 0.5, None, 0.85, 0.2], ["a", "b", "c", "a", "d"])
-    # "a" leads "b" by 0.4 (its second image counts as "a", not as a rival).
-    assert margins == pytest.approx([0.4, -0.4, None, 0.35, -0.7])  # type: ignore[arg-type]
-    assert dense_margins([0.7], ["a"]) == [0.0]
 
 
 def test_fit_logistic_separates_by_inliers() -> None:
@@ -182,7 +172,7 @@ def test_vote_matcher_finds_the_warped_item_and_its_box(extractor: LocalFeatureE
     feats = [extractor.extract(img) for img in catalog]
     trained = train_index(np.concatenate([f.descriptors for f in feats]), 16)
     assert isinstance(trained, faiss.Index)
-    scorer = PhotoScorer(np.array([0.5, 2.0, 2.0, 1.0, 0.0, 0.0]), -6.0, threshold=0.5)
+    scorer = PhotoScorer(np.array([0.5, 2.0, 2.0, 1.0, 0.0]), -6.0, threshold=0.5)
     matcher = VoteMatcher(feats, scorer, DescriptorIndex(trained, nprobe=16))
     h = np.array([[0.6, 0.1, 90.0], [-0.05, 0.6, 50.0], [0.0002, 0.0, 1.0]])
     photo = extractor.extract(_warp(catalog[3], h, (500, 420)), query=True)
