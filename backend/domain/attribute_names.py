@@ -4,7 +4,8 @@ bilingual lexicon (segmentation of Chinese queries)."""
 
 from __future__ import annotations
 
-# The catalog's attribute vocabulary in English and Chinese: canonical value -> other names.
+from collections.abc import Iterator
+
 COLOURS: dict[str, tuple[str, ...]] = {
     "red": ("红色",), "orange": ("橙色",), "brown": ("棕色", "咖啡色"),
     "yellow": ("黄色",), "green": ("绿色",), "blue": ("蓝色",),
@@ -24,7 +25,14 @@ SIZES: dict[str, tuple[str, ...]] = {
 }
 
 
-def attribute_names() -> list[str]:
-    """Every name of every attribute value (canonical and other names)."""
-    return [name for table in (COLOURS, MATERIALS, SIZES) for value, names in table.items()
-            for name in (value, *names)]
+TABLES: dict[str, dict[str, tuple[str, ...]]] = {
+    "colour": COLOURS, "material": MATERIALS, "size": SIZES}
+
+
+def attribute_names() -> Iterator[tuple[str, str, str]]:
+    """(kind, canonical value, name) for every name of every attribute value, the canonical
+    value itself included."""
+    for kind, table in TABLES.items():
+        for value, names in table.items():
+            for name in (value, *names):
+                yield kind, value, name

@@ -22,12 +22,12 @@ import zlib
 
 import numpy as np
 
-from backend.domain.attribute_names import COLOURS, MATERIALS, SIZES
+from backend.domain.attribute_names import SIZES, TABLES, attribute_names
 from backend.domain.lexicon import english_name, segment_han, translated_terms
 from backend.domain.text_terms import (
     HAN_RUN,
     exact_key,
-    han_terms,
+    name_terms,
     normalise,
     sku_key,
     terms,
@@ -60,17 +60,12 @@ def _concept(kind: str, value: str) -> str:
     return f"~{kind}:{value}"
 
 
-def _vocabulary() -> list[tuple[str, str]]:
-    """(surface form, concept term) for every name of every attribute value."""
-    out = []
-    for kind, table in (("colour", COLOURS), ("material", MATERIALS), ("size", SIZES)):
-        for value, names in table.items():
-            for name in (value, *names):
-                out.append((normalise(name), _concept(kind, value)))
-    return out
-
-
-_SURFACES = _vocabulary()
+# (surface form, concept term) for every name of every attribute value.
+_SURFACES = [(normalise(name), _concept(kind, value))
+             for kind, value, name in attribute_names()]
+# Chinese attribute name -> its canonical (English) value: "红色" -> "red".
+_HAN_ATTRIBUTE_VALUES = {normalise(name): value for _, value, name in attribute_names()
+                         if HAN_RUN.fullmatch(normalise(name))}
 
 
 def _surface_terms(concept: str) -> list[str]:
@@ -79,14 +74,10 @@ def _surface_terms(concept: str) -> list[str]:
     out: list[str] = []
     for surface, c in _FREE_TEXT_SURFACES:
         if c == concept:
-            out += terms(surface) if surface.isascii() or len(surface) == 1 else \
-                han_terms(surface)[len(surface):]
+            out += name_terms(surface)
     return out
 
 
-def attribute_surfaces() -> list[str]:
-    """Every name of every colour, material and size, normalised."""
-    return [s for s, _ in _SURFACES]
 # Single-letter sizes ("s", "m", "l") are too ambiguous inside free text; only the size
 # field and a query that is exactly that size say them. (Colours are named by two
 # characters in Chinese, "红色": a lone "红" is also in "红酒", red wine.)
@@ -111,7 +102,7 @@ def concepts_in(text: str) -> list[str]:
 def attribute_concepts(kind: str, value: str) -> list[str]:
     """Concept terms of one attribute field's value (any name of it, either language)."""
     folded = normalise(value).strip()
-    table = {"colour": COLOURS, "material": MATERIALS, "size": SIZES}[kind]
+    table = TABLES[kind]
     for canonical, names in table.items():
         if folded in (canonical, *(normalise(n) for n in names)):
             return [_concept(kind, canonical)]
@@ -171,6 +162,11 @@ def query_terms(text: str) -> list[str]:
     """A query's distinct terms, with the concepts it names (a query that is exactly a
     single-letter size, "M", names that size too) and the terms of the lexicon's words it
     names in the other language ("连衣裙" also asks for "dress", "dress" for "连衣裙")."""
+    return _query_parts(text)[0]
+
+
+def _query_parts(text: str) -> tuple[list[str], set[str]]:
+    """(the query's terms, the attribute concepts it names)."""
     found = list(dict.fromkeys(terms(text)))
     concepts = concepts_in(text)
     found += concepts
@@ -180,21 +176,22 @@ def query_terms(text: str) -> list[str]:
     found += translated_terms(text)
     whole = normalise(text).strip()
     if whole in SIZES:
-        found.append(_concept("size", whole))
+        concepts.append(_concept("size", whole))
+        found.append(concepts[-1])
     key = sku_key(text)
     if key and key not in found and any(c.isdigit() for c in key):
         found.append(key)  # an SKU typed with other separators, or none
-    return list(dict.fromkeys(found))
+    return list(dict.fromkeys(found)), set(concepts)
 
 
 def query_vector(text: str) -> SparseVector | None:
     """The query's terms, weight 1 each (the store's IDF weighs them), attribute words
     `ATTRIBUTE_QUERY_WEIGHT` when the query also names something else; None without
     terms."""
-    found = query_terms(text)
+    found, concepts = _query_parts(text)
     if not found:
         return None
-    attribute = _attribute_terms(text)
+    attribute = _attribute_terms(concepts)
     weight = ATTRIBUTE_QUERY_WEIGHT if any(t not in attribute for t in found) else 1.0
     weights: dict[int, float] = {}
     for t in found:
@@ -209,14 +206,11 @@ def query_vector(text: str) -> SparseVector | None:
 ATTRIBUTE_QUERY_WEIGHT = 0.5
 
 
-def _attribute_terms(text: str) -> set[str]:
-    """The query terms that name a colour, material or size: the concepts and their names."""
-    concepts = concepts_in(text)
-    whole = normalise(text).strip()
-    if whole in SIZES:
-        concepts.append(_concept("size", whole))
-    return set(concepts) | {t for c in concepts for t in _surface_terms(c)} | {
-        t for surface, c in _FREE_TEXT_SURFACES if c in concepts for t in terms(surface)}
+def _attribute_terms(concepts: set[str]) -> set[str]:
+    """The query terms that name one of these attribute concepts: the concepts and every
+    term of their names (which holds the names' `_surface_terms`)."""
+    return concepts | {t for surface, c in _FREE_TEXT_SURFACES if c in concepts
+                       for t in terms(surface)}
 
 
 def _sparse(weights: dict[int, float]) -> SparseVector:
@@ -270,7 +264,6 @@ def english_rendering(text: str) -> str | None:
     folded = normalise(text)
     if not HAN_RUN.search(folded):
         return None
-    attribute = {s: c.split(":", 1)[1] for s, c in _SURFACES if HAN_RUN.fullmatch(s)}
     out: list[str] = []
     position = 0
     for match in HAN_RUN.finditer(folded):
@@ -281,7 +274,7 @@ def english_rendering(text: str) -> str | None:
         if covered < len(match.group()):
             return None
         for word in words:
-            english = attribute.get(word) or english_name(word)
+            english = _HAN_ATTRIBUTE_VALUES.get(word) or english_name(word)
             if english is None:
                 return None
             out.append(english)

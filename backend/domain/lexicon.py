@@ -22,7 +22,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from backend.domain.attribute_names import attribute_names
-from backend.domain.text_terms import HAN_RUN, han_terms, normalise, terms
+from backend.domain.text_terms import HAN_RUN, name_terms, normalise, terms
 
 # English names ; Chinese names. The first name of each side is the usual one.
 _TABLE = """
@@ -384,7 +384,7 @@ def _indexes() -> tuple[dict[str, set[int]], dict[tuple[str, ...], set[int]], in
                 en.setdefault(key, set()).add(n)
     # Attribute words ("红色", "金色") take part in segmentation, naming no concept here, so
     # that their characters are not read as other words ("金" of "金色" is not money).
-    for surface in map(normalise, attribute_names()):
+    for surface in (normalise(name) for _, _, name in attribute_names()):
         if HAN_RUN.fullmatch(surface):
             zh.setdefault(surface, set())
     return zh, en, max(map(len, zh)), max(map(len, en))
@@ -444,8 +444,6 @@ def translated_terms(text: str) -> list[str]:
     out: list[str] = []
     for n in concepts_named(text):
         en_names, zh_names = CONCEPTS[n]
-        for name in en_names:
-            out += terms(name)
-        for name in zh_names:
-            out += [name] if len(name) == 1 else han_terms(name)[len(name):]
+        for name in (*en_names, *zh_names):
+            out += name_terms(name)
     return list(dict.fromkeys(out))

@@ -53,6 +53,15 @@ def han_terms(run: str) -> list[str]:
     return [*run, *(run[i:i + 2] for i in range(len(run) - 1))]
 
 
+def name_terms(name: str) -> list[str]:
+    """The terms that say a vocabulary name (a colour, a lexicon word) in a text: a latin
+    name's words; a Chinese name's character pairs, not its single characters, which many
+    other words share (a one-character name is itself)."""
+    if len(name) > 1 and HAN_RUN.fullmatch(name):
+        return han_terms(name)[len(name):]
+    return terms(name)
+
+
 def terms(text: str) -> list[str]:
     """The lexical terms of a text, in order, repeats kept (term frequency counts them)."""
     text = normalise(text)
