@@ -46,6 +46,13 @@ def l2_normalize(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows -> unit length (numpy, float32, C-contiguous): the encoders' output contract."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
 class EncoderModel(ABC, Generic[InputT, OutputT]):
     """Base class: `load()` once (thread-safe, idempotent), then `encode(batch)`."""
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from encoders.base import unit_rows
 from encoders.image import EfficientNetLite0Encoder
 from encoders.text import MiniLMTextEncoder
 
@@ -181,7 +182,7 @@ class OnnxEfficientNetLite0Encoder(EfficientNetLite0Encoder):
             return np.zeros((0, self.dim), dtype=np.float32)
         pixels = np.ascontiguousarray(x.numpy(), dtype=np.float32)
         out: np.ndarray = self._session.run(None, {"pixels": pixels})[0]
-        return _normalize(out)
+        return unit_rows(out)
 
 
 class _MeanPooledBert(torch.nn.Module):
@@ -290,10 +291,4 @@ class OnnxMiniLMTextEncoder(MiniLMTextEncoder):
             "attention_mask": batch["attention_mask"].astype(np.int64),
         }
         out: np.ndarray = self._session_for(len(inputs)).run(None, feeds)[0]
-        return _normalize(out)
-
-
-def _normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+        return unit_rows(out)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from encoders.base import EncoderModel, l2_normalize
+from encoders.base import EncoderModel, l2_normalize, unit_rows
 from encoders.checkpoints import SHIPPED_CHECKPOINTS, load_checkpoint
 from encoders.lstm import LSTMTextNet, tokenize
 from encoders.threads import DEFAULT_BULK_BATCH, ThreadPolicy
@@ -188,11 +188,9 @@ class MultilingualTextEncoder(TextEncoder):
             return self._empty()
         # Under the inference lock: one call at a time sets and uses the count.
         self._backend.threads = self.policy.threads_for(len(inputs))
-        out = np.asarray(self._use.encode(inputs), dtype=np.float32)
-        # Already unit length from the package; re-normalise so the contract does not
+        # Already unit length from the package; re-normalised so the contract does not
         # depend on another library's internals.
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return np.ascontiguousarray(out / np.maximum(norms, 1e-12), dtype=np.float32)
+        return unit_rows(self._use.encode(inputs))
 
     @property
     def blas_threads(self) -> int:
@@ -241,9 +239,7 @@ class E5TextEncoder(TextEncoder):
         if not inputs:
             return self._empty()
         out = np.asarray(self._e5.encode(inputs, is_query=query), dtype=np.float32)
-        out = out.reshape(len(inputs), self.dim)
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return np.ascontiguousarray(out / np.maximum(norms, 1e-12), dtype=np.float32)
+        return unit_rows(out.reshape(len(inputs), self.dim))
 
 
 class LSTMTextEncoder(TextEncoder):

@@ -33,7 +33,6 @@ VERIFICATION_COLUMNS = [FEATURES.index(n) for n in (
     "verified", "log_inliers", "photo_probability", "photo_margin", "vote_share", "log_votes")]
 
 
-
 @dataclass(frozen=True)
 class AttributeDiff:
     field: str
