@@ -236,8 +236,10 @@ class Writer(threading.Thread):
     def _read_your_write(self, title: str, product_id: str, version: int) -> None:
         """Once the server says `version` is indexed, the product must be found by its
         text; "not indexed yet" and a server that is down are fine."""
+        # explain: the hit's dense cosine tells the new revision's vector from an old one
+        # (the fused score of a hybrid query is a rank score, not a cosine).
         request = pb.SearchRequest(text=_search_text(title), top_k=1,
-                                   min_catalog_version=version)
+                                   min_catalog_version=version, explain=True)
         for _ in range(20):
             try:
                 reply = self.search.Search(request, timeout=5)
@@ -250,11 +252,13 @@ class Writer(threading.Thread):
             with self.tally.lock:
                 self.tally.ryw_checked += 1
             top = reply.hits[0].product if reply.hits else None
-            if top is None or top.product_id != product_id or reply.hits[0].score < 0.999:
+            cosine = reply.hits[0].score_parts.get("dense_text", 0.0) if reply.hits else 0.0
+            if top is None or top.product_id != product_id or cosine < 0.999:
                 self.tally.defect(
                     f"read-your-writes: version {version} reported indexed "
                     f"(indexed {reply.catalog_version}) but {product_id} ({title!r}) "
-                    f"is not the top hit: {top.product_id if top else None}")
+                    f"is not the top hit with its new text: {top.product_id if top else None} "
+                    f"(dense cosine {cosine:.4f})")
             return
 
     def run(self) -> None:
