@@ -41,6 +41,7 @@ MIN_SCORE = 0.5
 MAX_GAP = 0.4
 MAX_OVERLAP = 0.3
 _WINDOW_SCALES = (0.9, 0.6)
+_MAX_TOP_K = 20
 
 
 @dataclass
@@ -113,7 +114,7 @@ class RestockService:
         if principal.role is Role.WAREHOUSE:
             principal.require_warehouse(warehouse)
         top_k = top_k or 5
-        if not 1 <= top_k <= 20:
+        if not 1 <= top_k <= _MAX_TOP_K:
             raise InvalidInput("top_k must be between 1 and 20")
         if self._photo is not None:
             found = await verified_on_shelf(
@@ -121,7 +122,7 @@ class RestockService:
                 photo, filters or Filters(), top_k)
             chosen = [(f.probability, f.product_id, f.box) for f in found]
             boxes = {f.product_id: f.boxes for f in found}
-            return await self._matches(chosen, boxes, warehouse, bin_)
+            return (await self._matches(chosen, boxes, warehouse, bin_))[:top_k]
         # Full size: small items on a shelf need the pixels the draft would drop.
         image = await decode_query_photo(photo, self._settings, draft=False)
         regions = await run_heavy(proposals, image)
@@ -136,8 +137,11 @@ class RestockService:
                     found.append((point.score, point.payload.product_id, box))
             return found
 
-        chosen = select(await asyncio.to_thread(match_all), top_k)
-        return await self._matches(chosen, {c[1]: [c[2]] for c in chosen}, warehouse, bin_)
+        # Select more than asked: products the key may not see are dropped, and near ties are
+        # ordered by what must be restocked, before the cut to top_k.
+        chosen = select(await asyncio.to_thread(match_all), _MAX_TOP_K)
+        matches = await self._matches(chosen, {c[1]: [c[2]] for c in chosen}, warehouse, bin_)
+        return matches[:top_k]
 
     async def _matches(self, chosen: list[tuple[float, str, Box]], boxes: dict[str, list[Box]],
                        warehouse: str, bin_: str) -> list[RestockMatch]:
