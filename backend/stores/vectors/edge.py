@@ -5,7 +5,10 @@ Layout under `root`:
     .lock                 exclusive fcntl lock, holds the owner's pid
     aliases.json          {alias: collection}, replaced atomically
     <collection>.json     the CollectionSpec; written last, so it marks a complete collection
-    <collection>/         one EdgeShard (segments, payload indexes, write-ahead log)
+    <collection>          symlink to the collection's current shard directory, replaced
+                          atomically when a rebuilt shard takes over (a shard written before
+                          this layout, a plain directory, is moved into it when first opened)
+    .shard-<collection>-<id>/   one EdgeShard (segments, payload indexes, write-ahead log)
 
 One process owns a root: the shard's write-ahead log cannot be shared, so a second process
 is refused up front with StoreBusy instead of failing later inside the engine.
@@ -13,7 +16,20 @@ is refused up front with StoreBusy instead of failing later inside the engine.
 qdrant-edge applies updates synchronously (a write is searchable when `update` returns) and
 its shard is safe to use from several threads at once, so searches and writes run
 concurrently. A per-collection shared/exclusive lock only keeps a shard from being closed
-(drop, close) while a call is still using it.
+(drop, close, the switch to a rebuilt shard) while a call is still using it; a second one,
+taken before it, lets the index build pause writes (and only writes).
+
+`build_index` builds outside this process: qdrant-edge's `optimize` holds Python's GIL for
+the whole build, which in-process stops every thread (bench/live_index.py). With writes
+paused for the copy, the shard directory is flushed and copied to a new shard directory; a
+child process (`backend.stores.vectors.edge_build`, lowest CPU priority) optimises the copy
+while this process keeps serving reads and writes on the live shard and records every update
+applied to it; then, writes paused again, the built copy is opened, the recorded updates are
+applied to it, and the collection's symlink is replaced, its shard handle swapped (reads
+wait only for the swap), and the old shard closed and deleted. The live shard is not touched
+until the symlink is replaced, so a crash at any point leaves one consistent shard; shard
+directories no symlink points to are removed when the store opens. A failed or timed-out
+build (`build_timeout_s`) leaves the live shard serving and raises IndexBuildError.
 """
 
 from __future__ import annotations
@@ -27,9 +43,12 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +101,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ALIASES = "aliases.json"
 _LOCK = ".lock"
 _TOMBSTONE = ".dropped-"
+_SHARD = ".shard-"
+_LINK = ".link-"
 # Points per update call: bounds the size of one write-ahead-log record.
 _WRITE_BATCH = 256
 _SCROLL_PAGE = 1000
@@ -97,6 +118,18 @@ def _check_name(name: str, what: str) -> None:
         )
 
 
+class IndexBuildError(RuntimeError):
+    """The index build (the child process) failed or timed out; the live shard is unchanged."""
+
+
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def _write_atomic(path: Path, data: object) -> None:
     """Replace `path` so that readers and a crash see either the old or the new file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
@@ -105,11 +138,7 @@ def _write_atomic(path: Path, data: object) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _fsync_dir(path.parent)
 
 
 def _index_schema(kind: IndexKind) -> qe.PayloadSchemaType | qe.PayloadSchemaParams:
@@ -198,20 +227,42 @@ class _Collection:
     spec: CollectionSpec
     shard: qe.EdgeShard
     lock: _SharedLock = dataclasses.field(default_factory=_SharedLock)
-    # One optimize at a time (the background builder and a command's explicit build);
-    # searches and writes go on beside it under the shared lock.
+    # Taken before `lock`: shared by writes, exclusive while the index build copies the
+    # shard and while it switches to the built copy.
+    writes: _SharedLock = dataclasses.field(default_factory=_SharedLock)
+    # One build at a time (the background builder and a command's explicit build).
     build_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    # The updates applied since a build copied the shard (None when none is running).
+    journal: list[qe.UpdateOperation] | None = None
     closed: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildTimes:
+    """The last `build_index`: seconds in all, and how long writes and reads were paused
+    for the switch to the built copy (open, replay, switch; reads only for the switch)."""
+
+    total_s: float
+    copy_s: float
+    writes_paused_s: float
+    reads_paused_s: float
+    replayed: int
 
 
 class EdgeVectorStore(FusedSearch):
     """VectorStore on qdrant-edge shards under one directory owned by this process."""
 
-    def __init__(self, root: Path, hnsw_ef: int = 128) -> None:
+    def __init__(self, root: Path, hnsw_ef: int = 128, build_timeout_s: float = 3600.0) -> None:
         if hnsw_ef < 1:
             raise ConfigError(f"hnsw_ef must be at least 1, got {hnsw_ef}")
+        if build_timeout_s <= 0:
+            raise ConfigError(f"build_timeout_s must be > 0, got {build_timeout_s}")
         self._root = Path(root)
         self._hnsw_ef = hnsw_ef
+        self._build_timeout_s = build_timeout_s
+        self._builders: set[subprocess.Popen[bytes]] = set()
+        self._builders_lock = threading.Lock()
+        self.last_build: BuildTimes | None = None
         self._root.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._acquire_root(self._root / _LOCK)
         # Guards the maps below and every change to files directly under root.
@@ -222,6 +273,7 @@ class EdgeVectorStore(FusedSearch):
         try:
             self._aliases = self._read_aliases()
             self._remove_tombstones()
+            self._recover_shards()
         except BaseException:
             self._release_root()
             raise
@@ -273,6 +325,70 @@ class EdgeVectorStore(FusedSearch):
         for path in self._root.glob(f"{_TOMBSTONE}*"):
             shutil.rmtree(path, ignore_errors=True)
 
+    def _recover_shards(self) -> None:
+        """Finish or undo a switch cut short, drop links to nothing, and remove every shard
+        directory no collection points to (an interrupted build or drop)."""
+        for link in self._root.glob(f"{_LINK}*"):
+            path = self._root / link.name.removeprefix(_LINK)
+            if not os.path.lexists(path) and link.exists():
+                # A plain directory moved into the new layout, cut short before its link
+                # took its place: the shard is complete where the link points.
+                os.replace(link, path)
+            else:
+                link.unlink()
+        referenced = set()
+        for path in self._root.iterdir():
+            if path.name.startswith(".") or not path.is_symlink():
+                continue
+            if path.exists():
+                referenced.add(os.path.realpath(path))
+            else:
+                path.unlink()  # a drop cut short after its shard was moved aside
+        for path in self._root.glob(f"{_SHARD}*"):
+            if os.path.realpath(path) not in referenced:
+                log.info("removing %s, left by an interrupted index build or drop", path)
+                shutil.rmtree(path, ignore_errors=True)
+        _fsync_dir(self._root)
+
+    def _new_shard_dir(self, name: str) -> Path:
+        return self._root / f"{_SHARD}{name}-{uuid.uuid4().hex[:12]}"
+
+    def _link(self, name: str, target: Path) -> str | None:
+        """Point `name` at `target` atomically; returns the directory it pointed at."""
+        path = self._root / name
+        previous = os.path.realpath(path) if path.is_symlink() else None
+        tmp = self._root / f"{_LINK}{name}"
+        if os.path.lexists(tmp):
+            tmp.unlink()
+        os.symlink(target.name, tmp)
+        os.replace(tmp, path)
+        try:
+            _fsync_dir(self._root)
+        except OSError:
+            # The switch has happened; only its durability against power loss is in doubt.
+            log.warning("cannot fsync %s after switching %s", self._root, name, exc_info=True)
+        return previous
+
+    def _versioned(self, name: str) -> None:
+        """Move a shard kept as a plain directory (the layout before rebuilt shards were
+        switched to) under a symlink; call with `_meta` held, before the shard is opened."""
+        path = self._root / name
+        if path.is_symlink() or not path.is_dir():
+            return
+        target = self._new_shard_dir(name)
+        tmp = self._root / f"{_LINK}{name}"
+        if os.path.lexists(tmp):
+            tmp.unlink()
+        os.symlink(target.name, tmp)
+        os.rename(path, target)
+        os.replace(tmp, path)
+        _fsync_dir(self._root)
+
+    def _load(self, name: str, config: qe.EdgeConfig | None = None) -> qe.EdgeShard:
+        self._versioned(name)
+        # Opened by its real path: the symlink changes when a rebuilt shard takes over.
+        return qe.EdgeShard.load(os.path.realpath(self._root / name), config)
+
     # --- collection handles --------------------------------------------------------------
 
     def _spec_path(self, name: str) -> Path:
@@ -298,7 +414,7 @@ class EdgeVectorStore(FusedSearch):
             if name in self._dropping or not _NAME.match(name) or not self._exists(name):
                 raise NotReady(f"vector collection {name!r} does not exist in {self._root}")
             spec = self._stored_spec(name)
-            coll = _Collection(name, spec, qe.EdgeShard.load(str(self._root / name)))
+            coll = _Collection(name, spec, self._load(name))
             self._collections[name] = coll
             return coll
 
@@ -313,12 +429,34 @@ class EdgeVectorStore(FusedSearch):
                 yield coll
                 return
 
+    @contextlib.contextmanager
+    def _writing(self, alias_or_name: str) -> Iterator[_Collection]:
+        """Like `_use`, for a call that updates the shard (through `_apply`)."""
+        while True:
+            coll = self._get(alias_or_name)
+            with coll.writes.shared(), coll.lock.shared():
+                if coll.closed:
+                    continue
+                yield coll
+                return
+
     @staticmethod
-    def _ensure_indexes(shard: qe.EdgeShard) -> None:
+    def _apply(coll: _Collection, op: qe.UpdateOperation) -> None:
+        coll.shard.update(op)
+        if coll.journal is not None:
+            coll.journal.append(op)
+
+    @staticmethod
+    def _ensure_indexes(shard: qe.EdgeShard,
+                        apply: Callable[[qe.UpdateOperation], None] | None = None) -> None:
         present = shard.info().payload_schema
         for field, kind in PAYLOAD_INDEXES.items():
             if field not in present:
-                shard.update(qe.UpdateOperation.create_field_index(field, _index_schema(kind)))
+                op = qe.UpdateOperation.create_field_index(field, _index_schema(kind))
+                if apply is None:
+                    shard.update(op)
+                else:
+                    apply(op)
 
     # --- VectorStore ---------------------------------------------------------------------
 
@@ -342,40 +480,49 @@ class EdgeVectorStore(FusedSearch):
                         f"{spec.vectors}; index into a new collection and switch the alias"
                     )
                 coll = self._collections.get(name)
-                shard = coll.shard if coll else qe.EdgeShard.load(str(self._root / name))
-                added = [n for n in spec.sparse_vectors if n not in stored.sparse_vectors]
-                if added:
-                    # Sparse vectors are derived data that can be added in place: points
-                    # written before simply have none until they are indexed again.
-                    for sparse_name in added:
-                        shard.update(qe.UpdateOperation.create_sparse_vector(
-                            sparse_name, modifier=qe.Modifier.Idf))
-                    shard.flush()
-                    stored = dataclasses.replace(
-                        stored, sparse_vectors=[*stored.sparse_vectors, *added])
-                    _write_atomic(self._spec_path(name), dataclasses.asdict(stored))
-                    if coll is not None:
-                        coll.spec = stored
-                if dataclasses.replace(stored, name=name) != spec:
-                    log.info("collection %r keeps its stored settings %s", name, stored)
-                self._ensure_indexes(shard)
                 if coll is None:
-                    self._collections[name] = _Collection(name, stored, shard)
+                    coll = _Collection(name, stored, self._load(name))
+                    self._collections[name] = coll
+                # Through the write gate: an index build running meanwhile replays these.
+                with coll.writes.shared(), coll.lock.shared():
+                    added = [n for n in spec.sparse_vectors if n not in stored.sparse_vectors]
+                    if added:
+                        # Sparse vectors are derived data that can be added in place: points
+                        # written before simply have none until they are indexed again.
+                        for sparse_name in added:
+                            self._apply(coll, qe.UpdateOperation.create_sparse_vector(
+                                sparse_name, modifier=qe.Modifier.Idf))
+                        coll.shard.flush()
+                        stored = dataclasses.replace(
+                            stored, sparse_vectors=[*stored.sparse_vectors, *added])
+                        _write_atomic(self._spec_path(name), dataclasses.asdict(stored))
+                        coll.spec = stored
+                    if dataclasses.replace(stored, name=name) != spec:
+                        log.info("collection %r keeps its stored settings %s", name, stored)
+                    self._ensure_indexes(coll.shard, lambda op: self._apply(coll, op))
                 return
             path = self._root / name
             try:
                 if path.is_dir() and any(path.iterdir()):
                     # A creation interrupted before its spec was written: keep what is there
                     # if it is compatible (the engine checks), then finish the job.
-                    shard = qe.EdgeShard.load(str(path), _edge_config(spec))
+                    shard = self._load(name, _edge_config(spec))
+                    target = None
                 else:
-                    shard = qe.EdgeShard.create(str(path), _edge_config(spec))
+                    target = self._new_shard_dir(name)
+                    shard = qe.EdgeShard.create(str(target), _edge_config(spec))
             except Exception as exc:
                 raise ConfigError(f"cannot create vector collection {name!r} at {path}: {exc}") \
                     from exc
             self._ensure_indexes(shard)
             # Durable before the spec marks the collection complete.
             shard.flush()
+            if target is not None:
+                if path.is_dir() and not path.is_symlink():
+                    path.rmdir()  # empty
+                empty = self._link(name, target)
+                if empty is not None and Path(empty).name.startswith(_SHARD):
+                    shutil.rmtree(empty, ignore_errors=True)
             _write_atomic(self._spec_path(name), dataclasses.asdict(spec))
             self._collections[name] = _Collection(name, spec, shard)
 
@@ -402,31 +549,31 @@ class EdgeVectorStore(FusedSearch):
         return out
 
     def upsert(self, collection: str, points: list[VectorPoint]) -> None:
-        with self._use(collection) as coll:
+        with self._writing(collection) as coll:
             converted = self._points(coll, points)
             for start in range(0, len(converted), _WRITE_BATCH):
                 batch = converted[start : start + _WRITE_BATCH]
-                coll.shard.update(qe.UpdateOperation.upsert_points(batch))
+                self._apply(coll, qe.UpdateOperation.upsert_points(batch))
 
     def delete_products(self, collection: str, product_ids: list[str]) -> None:
         if not product_ids:
             return
-        with self._use(collection) as coll:
+        with self._writing(collection) as coll:
             for start in range(0, len(product_ids), _SCROLL_PAGE):
                 chunk = product_ids[start : start + _SCROLL_PAGE]
                 flt = to_edge(products_spec(chunk))
                 assert flt is not None
-                coll.shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
+                self._apply(coll, qe.UpdateOperation.delete_points_by_filter(flt))
 
     def set_payload(self, collection: str, patches: list[PayloadPatch]) -> None:
         checked = [(p.product_id, patch_values(p)) for p in patches]
-        with self._use(collection) as coll:
+        with self._writing(collection) as coll:
             for product_id, values in checked:
                 if not values:
                     continue
                 flt = to_edge(products_spec([product_id]))
                 assert flt is not None
-                coll.shard.update(qe.UpdateOperation.set_payload_by_filter(flt, values))
+                self._apply(coll, qe.UpdateOperation.set_payload_by_filter(flt, values))
 
     def _params(self, coll: _Collection) -> qe.SearchParams:
         # Rescoring with the original vectors keeps scores true cosines under int8.
@@ -618,15 +765,112 @@ class EdgeVectorStore(FusedSearch):
                 ids.append(str(uuid.UUID(pid)))
             except ValueError:
                 raise InvalidInput(f"point id {pid!r} is not a UUID") from None
-        with self._use(collection) as coll:
+        with self._writing(collection) as coll:
             for start in range(0, len(ids), _SCROLL_PAGE):
                 chunk = ids[start : start + _SCROLL_PAGE]
-                coll.shard.update(qe.UpdateOperation.delete_points(chunk))
+                self._apply(coll, qe.UpdateOperation.delete_points(chunk))
 
     def build_index(self, collection: str) -> None:
-        with self._use(collection) as coll, coll.build_lock:
-            coll.shard.optimize()
+        """Build the HNSW index in a child process on a copy of the shard and switch to it
+        (see the module docstring); searches and writes go on meanwhile."""
+        coll = self._get(collection)
+        with coll.build_lock:
+            start = time.perf_counter()
+            target = self._copy_for_build(coll)
+            copy_s = time.perf_counter() - start
+            try:
+                self._run_builder(coll.name, target)
+                old, writes_s, reads_s, replayed = self._switch(coll, target)
+            except BaseException:
+                with coll.writes.exclusive():
+                    coll.journal = None
+                shutil.rmtree(target, ignore_errors=True)
+                raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        self.last_build = BuildTimes(time.perf_counter() - start, copy_s, writes_s, reads_s,
+                                     replayed)
+        log.info("vector index of %s built in %.1f s: copy %.0f ms, %d updates replayed, "
+                 "writes paused %.1f ms, reads %.1f ms for the switch", coll.name,
+                 self.last_build.total_s, copy_s * 1e3, replayed, writes_s * 1e3, reads_s * 1e3)
+
+    def _copy_for_build(self, coll: _Collection) -> Path:
+        with coll.writes.exclusive(), coll.lock.shared():
+            if coll.closed:
+                raise NotReady(f"vector collection {coll.name!r} was closed or dropped")
             coll.shard.flush()
+            target = self._new_shard_dir(coll.name)
+            try:
+                shutil.copytree(os.path.realpath(self._root / coll.name), target)
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)
+                raise
+            coll.journal = []
+            return target
+
+    def _run_builder(self, name: str, target: Path) -> None:
+        env = dict(os.environ)
+        # The child imports this package even when it is not installed (a checkout).
+        package_root = str(Path(__file__).resolve().parents[3])
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+        cmd = [sys.executable, "-m", "backend.stores.vectors.edge_build", str(target),
+               "--parent", str(os.getpid())]
+        with self._builders_lock:
+            if self._closed:
+                raise NotReady(f"vector store {self._root} is closed")
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, env=env)
+            self._builders.add(proc)
+        try:
+            try:
+                _, err = proc.communicate(timeout=self._build_timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise IndexBuildError(
+                    f"index build of {name!r} timed out after {self._build_timeout_s:g} s "
+                    f"(PRODSEARCH_INDEX_BUILD_TIMEOUT_S); the collection serves as before"
+                ) from None
+        finally:
+            with self._builders_lock:
+                self._builders.discard(proc)
+        if proc.returncode != 0:
+            tail = err.decode("utf-8", "replace").strip()[-2000:]
+            raise IndexBuildError(f"index build of {name!r} failed (exit {proc.returncode}); "
+                                  f"the collection serves as before: {tail}")
+
+    def _switch(self, coll: _Collection, target: Path) -> tuple[str | None, float, float, int]:
+        """Open the built copy, replay the updates made since it was copied, and make it the
+        collection's shard; returns the old shard directory and the pauses."""
+        with coll.writes.exclusive():
+            paused = time.perf_counter()
+            if coll.closed:
+                raise NotReady(f"vector collection {coll.name!r} was closed or dropped")
+            journal = coll.journal or []
+            new = qe.EdgeShard.load(str(target))
+            try:
+                for op in journal:
+                    new.update(op)
+                # Nothing is written now: closing the old shard below has nothing to flush.
+                coll.shard.flush()
+                with coll.lock.exclusive():
+                    reads_paused = time.perf_counter()
+                    if coll.closed:
+                        raise NotReady(f"vector collection {coll.name!r} was closed or dropped")
+                    coll.shard.close()
+                    try:
+                        old = self._link(coll.name, target)
+                    except BaseException:
+                        coll.shard = self._load(coll.name)
+                        raise
+                    coll.shard = new
+                    coll.journal = None
+                    done = time.perf_counter()
+            except BaseException:
+                new.close()
+                raise
+        return old, done - paused, done - reads_paused, len(journal)
 
     def index_state(self, collection: str) -> IndexState:
         with self._use(collection) as coll:
@@ -679,8 +923,13 @@ class EdgeVectorStore(FusedSearch):
                 # Shard moved aside first: a crash from here on never leaves a half-deleted
                 # shard that looks like a live collection.
                 tomb = self._root / f"{_TOMBSTONE}{collection}-{uuid.uuid4().hex}"
-                if (self._root / collection).exists():
-                    os.replace(self._root / collection, tomb)
+                path = self._root / collection
+                if path.is_symlink():
+                    if path.exists():
+                        os.replace(os.path.realpath(path), tomb)
+                    path.unlink()
+                elif path.exists():
+                    os.replace(path, tomb)
                 self._spec_path(collection).unlink(missing_ok=True)
             if tomb.exists():
                 shutil.rmtree(tomb, ignore_errors=True)
@@ -695,6 +944,10 @@ class EdgeVectorStore(FusedSearch):
             self._closed = True
             collections = list(self._collections.values())
             self._collections.clear()
+        with self._builders_lock:
+            # A build still running fails, and its copy is removed by the thread running it.
+            for proc in self._builders:
+                proc.kill()
         try:
             for coll in collections:
                 with coll.lock.exclusive():
