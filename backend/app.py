@@ -46,7 +46,8 @@ def open_vector_store(settings: Settings) -> VectorStore:
     if settings.embedded:
         from backend.stores.vectors.edge import EdgeVectorStore
 
-        return EdgeVectorStore(settings.vectors_dir, hnsw_ef=settings.search.hnsw_ef)
+        return EdgeVectorStore(settings.vectors_dir, hnsw_ef=settings.search.hnsw_ef,
+                               build_timeout_s=settings.index_build_timeout_s)
     from backend.stores.vectors.server import QdrantServerStore
 
     return QdrantServerStore.from_url(

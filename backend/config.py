@@ -219,11 +219,14 @@ class Settings(BaseSettings):
     # The vector index is (re)built in the background once this many points have been
     # written through the indexer and writes pause for `index_build_quiet_s` (or have gone
     # on for `index_build_max_delay_s`); 0 = never (backend/domain/index_maintainer.py).
-    # Off by default: qdrant-edge 0.9's optimize holds Python's GIL for the whole build, so
-    # on the embedded store every request of the process waits for it (bench/RESULTS.md).
-    index_build_min_writes: int = Field(0, ge=0)
+    # On the embedded store the build runs in a child process on a copy of the shard,
+    # which is then switched to (backend/stores/vectors/edge.py); searches go on meanwhile.
+    index_build_min_writes: int = Field(1000, ge=0)
     index_build_quiet_s: float = Field(2.0, ge=0)
     index_build_max_delay_s: float = Field(60.0, ge=0)
+    # The embedded store's build process is killed after this long and the build counted
+    # as failed; the collection keeps serving from its live shard.
+    index_build_timeout_s: float = Field(3600.0, gt=0)
     # The embedded store is flushed to disk at most this often, before outbox rows are
     # marked done (a killed process loses nothing anyway; this bounds what a lost machine
     # can take back, which the self-check then repairs). 0 = never flush explicitly.
