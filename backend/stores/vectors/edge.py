@@ -102,6 +102,9 @@ _ALIASES = "aliases.json"
 _LOCK = ".lock"
 _TOMBSTONE = ".dropped-"
 _SHARD = ".shard-"
+# The build applies the updates made during it while writes go on, until at most this many
+# are left to apply with writes paused.
+_REPLAY_PAUSED = 32
 _LINK = ".link-"
 # Points per update call: bounds the size of one write-ahead-log record.
 _WRITE_BATCH = 256
@@ -128,6 +131,38 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _copy_sparse(src: str, dst: str) -> None:
+    """Copy a file without filling its holes: the write-ahead log's segments are 32 MB
+    files that are mostly holes, and copying those as zeros is most of a shard copy."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fin.fileno(), pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # only a hole from here
+                    break
+                raise
+            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
+            offset = start
+            while offset < end:
+                n = os.copy_file_range(fin.fileno(), fout.fileno(), end - offset, offset, offset)
+                if n == 0:
+                    break
+                offset += n
+            pos = end
+        fout.truncate(size)
+
+
+def _copy_file(src: str, dst: str) -> None:
+    try:
+        _copy_sparse(src, dst)
+    except (OSError, AttributeError):
+        # No SEEK_DATA or copy_file_range here (another OS or filesystem).
+        shutil.copyfile(src, dst)
 
 
 def _write_atomic(path: Path, data: object) -> None:
@@ -232,8 +267,10 @@ class _Collection:
     writes: _SharedLock = dataclasses.field(default_factory=_SharedLock)
     # One build at a time (the background builder and a command's explicit build).
     build_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    # The updates applied since a build copied the shard (None when none is running).
+    # The updates applied since a build copied the shard (None when none is running), in
+    # the order they were applied: `journal_lock` holds each update and its record together.
     journal: list[qe.UpdateOperation] | None = None
+    journal_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     closed: bool = False
 
 
@@ -442,9 +479,14 @@ class EdgeVectorStore(FusedSearch):
 
     @staticmethod
     def _apply(coll: _Collection, op: qe.UpdateOperation) -> None:
-        coll.shard.update(op)
-        if coll.journal is not None:
-            coll.journal.append(op)
+        # `journal` only changes while writes are paused, so it is read once here.
+        journal = coll.journal
+        if journal is None:
+            coll.shard.update(op)
+            return
+        with coll.journal_lock:
+            coll.shard.update(op)
+            journal.append(op)
 
     @staticmethod
     def _ensure_indexes(shard: qe.EdgeShard,
@@ -795,13 +837,18 @@ class EdgeVectorStore(FusedSearch):
                  self.last_build.total_s, copy_s * 1e3, replayed, writes_s * 1e3, reads_s * 1e3)
 
     def _copy_for_build(self, coll: _Collection) -> Path:
+        # Most of the flush before writes are paused; the one inside has little left.
+        with coll.lock.shared():
+            if not coll.closed:
+                coll.shard.flush()
         with coll.writes.exclusive(), coll.lock.shared():
             if coll.closed:
                 raise NotReady(f"vector collection {coll.name!r} was closed or dropped")
             coll.shard.flush()
             target = self._new_shard_dir(coll.name)
             try:
-                shutil.copytree(os.path.realpath(self._root / coll.name), target)
+                shutil.copytree(os.path.realpath(self._root / coll.name), target,
+                                copy_function=_copy_file)
             except BaseException:
                 shutil.rmtree(target, ignore_errors=True)
                 raise
@@ -841,35 +888,42 @@ class EdgeVectorStore(FusedSearch):
                                   f"the collection serves as before: {tail}")
 
     def _switch(self, coll: _Collection, target: Path) -> tuple[str | None, float, float, int]:
-        """Open the built copy, replay the updates made since it was copied, and make it the
+        """Open the built copy, apply the updates made since it was copied, and make it the
         collection's shard; returns the old shard directory and the pauses."""
-        with coll.writes.exclusive():
-            paused = time.perf_counter()
-            if coll.closed:
-                raise NotReady(f"vector collection {coll.name!r} was closed or dropped")
-            journal = coll.journal or []
-            new = qe.EdgeShard.load(str(target))
-            try:
-                for op in journal:
+        new = qe.EdgeShard.load(str(target))
+        try:
+            # Catch up while writes go on, so that little is left to apply with them paused.
+            applied = 0
+            for _ in range(8):
+                journal = coll.journal or []
+                pending = journal[applied:]
+                if len(pending) <= _REPLAY_PAUSED:
+                    break
+                for op in pending:
                     new.update(op)
-                # Nothing is written now: closing the old shard below has nothing to flush.
-                coll.shard.flush()
+                applied += len(pending)
+            with coll.writes.exclusive():
+                paused = time.perf_counter()
+                if coll.closed:
+                    raise NotReady(f"vector collection {coll.name!r} was closed or dropped")
+                journal = coll.journal or []
+                for op in journal[applied:]:
+                    new.update(op)
                 with coll.lock.exclusive():
                     reads_paused = time.perf_counter()
                     if coll.closed:
                         raise NotReady(f"vector collection {coll.name!r} was closed or dropped")
-                    coll.shard.close()
-                    try:
-                        old = self._link(coll.name, target)
-                    except BaseException:
-                        coll.shard = self._load(coll.name)
-                        raise
+                    old_shard = coll.shard
+                    old = self._link(coll.name, target)
                     coll.shard = new
                     coll.journal = None
                     done = time.perf_counter()
-            except BaseException:
-                new.close()
-                raise
+        except BaseException:
+            new.close()
+            raise
+        # Nothing uses the old shard any more; it was opened by its own directory's path,
+        # which the switch did not change.
+        old_shard.close()
         return old, done - paused, done - reads_paused, len(journal)
 
     def index_state(self, collection: str) -> IndexState:
