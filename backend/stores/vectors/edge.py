@@ -280,7 +280,7 @@ class BuildTimes:
     for the switch to the built copy (open, replay, switch; reads only for the switch)."""
 
     total_s: float
-    copy_s: float
+    copy_s: float  # writes paused to flush and copy the shard
     writes_paused_s: float
     reads_paused_s: float
     replayed: int
@@ -818,8 +818,7 @@ class EdgeVectorStore(FusedSearch):
         coll = self._get(collection)
         with coll.build_lock:
             start = time.perf_counter()
-            target = self._copy_for_build(coll)
-            copy_s = time.perf_counter() - start
+            target, copy_s = self._copy_for_build(coll)
             try:
                 self._run_builder(coll.name, target)
                 old, writes_s, reads_s, replayed = self._switch(coll, target)
@@ -836,12 +835,14 @@ class EdgeVectorStore(FusedSearch):
                  "writes paused %.1f ms, reads %.1f ms for the switch", coll.name,
                  self.last_build.total_s, copy_s * 1e3, replayed, writes_s * 1e3, reads_s * 1e3)
 
-    def _copy_for_build(self, coll: _Collection) -> Path:
+    def _copy_for_build(self, coll: _Collection) -> tuple[Path, float]:
+        """A copy of the live shard and how long writes were paused to make it."""
         # Most of the flush before writes are paused; the one inside has little left.
         with coll.lock.shared():
             if not coll.closed:
                 coll.shard.flush()
         with coll.writes.exclusive(), coll.lock.shared():
+            paused = time.perf_counter()
             if coll.closed:
                 raise NotReady(f"vector collection {coll.name!r} was closed or dropped")
             coll.shard.flush()
@@ -853,7 +854,7 @@ class EdgeVectorStore(FusedSearch):
                 shutil.rmtree(target, ignore_errors=True)
                 raise
             coll.journal = []
-            return target
+            return target, time.perf_counter() - paused
 
     def _run_builder(self, name: str, target: Path) -> None:
         env = dict(os.environ)
