@@ -923,8 +923,12 @@ class EdgeVectorStore(FusedSearch):
             new.close()
             raise
         # Nothing uses the old shard any more; it was opened by its own directory's path,
-        # which the switch did not change.
-        old_shard.close()
+        # which the switch did not change. The switch is done: a failure here must not
+        # reach the caller's clean-up, which would remove the new live shard.
+        try:
+            old_shard.close()
+        except Exception:
+            log.warning("closing the replaced shard of %s failed", coll.name, exc_info=True)
         return old, done - paused, done - reads_paused, len(journal)
 
     def index_state(self, collection: str) -> IndexState:
