@@ -139,8 +139,12 @@ def make_photo_index(settings: Settings) -> PhotoIndex | None:
     search = settings.search
     if not search.local_features:
         return None
+    from encoders.local_features import scorer_file
+
+    # The shipped scorer weighs the configured CNN's cosines unless a file is given.
+    scorer = search.scorer_file or str(scorer_file(settings.encoder.image_model))
     return PhotoIndex.open(FeatureStore(settings.features_dir), search.vocabulary_file,
-                           search.scorer_file, search.feature_workers)
+                           scorer, search.feature_workers)
 
 
 def prepare_database(settings: Settings) -> None:

@@ -102,7 +102,8 @@ class SearchSettings(BaseModel):
     # each one's vote correspondences, no matching pass).
     verify_top: int = Field(20, ge=1, le=500)
     feature_workers: int = Field(2, ge=1, le=64)  # threads extracting and verifying
-    # Shipped vocabulary / scorer (encoders/checkpoints) unless a file is given.
+    # Shipped vocabulary / scorer (encoders/checkpoints; the scorer fitted with the
+    # configured image model) unless a file is given.
     vocabulary_file: str = ""
     scorer_file: str = ""
     # Text queries search the lexical vector beside the dense one (false: the dense text

@@ -52,6 +52,7 @@ __all__ = [
     "VisualVocabulary",
     "match_descriptors",
     "root_sift",
+    "scorer_file",
     "train_vocabulary",
     "verify",
     "verify_matches",
@@ -60,6 +61,18 @@ __all__ = [
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 VOCABULARY_FILE = CHECKPOINTS / "visual-words.npz"
 SCORER_FILE = CHECKPOINTS / "photo-scorer.json"
+# The scorer weighs the dense cosine of the image model it was fitted with: one file per model.
+SCORER_FILES = {"efficientnet_lite0": SCORER_FILE,
+                "efficientnet_lite0_photo": CHECKPOINTS / "photo-scorer-photo-cnn.json"}
+
+
+def scorer_file(image_model: str) -> Path:
+    """The shipped PhotoScorer fitted with `image_model`'s dense cosines."""
+    try:
+        return SCORER_FILES[image_model]
+    except KeyError:
+        raise ValueError(f"no photo scorer is shipped for image model {image_model!r}; "
+                         f"known: {sorted(SCORER_FILES)}") from None
 
 _MAGIC = b"PSLF"
 _FORMAT = 1
@@ -152,6 +165,10 @@ class ExtractorSettings:
     # Catalog images are clean: a lower threshold gives flat clip art the keypoints a vote
     # needs (0 = contrast_threshold).
     catalog_contrast_threshold: float = 0.01
+    # Catalog images are also described at these fractions of catalog_max_side (each with
+    # its own keypoint budget), so that a product small in a photo meets descriptors made
+    # at its own scale; the keypoints of every scale are in the same image pixels.
+    catalog_extra_scales: tuple[float, ...] = ()
 
 
 class LocalFeatureExtractor:
@@ -163,9 +180,10 @@ class LocalFeatureExtractor:
         s = self.settings
         catalog_t = (f"-ct{s.catalog_contrast_threshold:g}" if s.catalog_contrast_threshold
                      else "")
+        scales = "".join(f"-x{x:g}" for x in s.catalog_extra_scales)
         self.version = (f"sift-c{s.catalog_min_side}-{s.catalog_max_side}k{s.catalog_keypoints}"
                         f"-q{s.query_min_side}-{s.query_max_side}k{s.query_keypoints}"
-                        f"-t{s.contrast_threshold:g}{catalog_t}-f{_FORMAT}")
+                        f"-t{s.contrast_threshold:g}{catalog_t}{scales}-f{_FORMAT}")
         self._local = threading.local()
 
     def _detector(self, keypoints: int, contrast: float) -> Any:
@@ -192,13 +210,27 @@ class LocalFeatureExtractor:
                               interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
         contrast = (s.contrast_threshold if query or not s.catalog_contrast_threshold
                     else s.catalog_contrast_threshold)
-        kps, desc = self._detector(count, contrast).detectAndCompute(grey, None)
-        if desc is None or not kps:
-            return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8),
-                                 (width, height))
-        points = np.array([kp.pt for kp in kps], dtype=np.float32) / np.float32(scale)
-        descriptors = np.clip(np.rint(desc), 0, 255).astype(np.uint8)
+        detector = self._detector(count, contrast)
+        points, descriptors = _detect(detector, grey, scale)
+        if not query:
+            for extra in s.catalog_extra_scales:
+                small = cv2.resize(grey, (max(1, round(grey.shape[1] * extra)),
+                                          max(1, round(grey.shape[0] * extra))),
+                                   interpolation=cv2.INTER_AREA)
+                more_points, more = _detect(detector, small, scale * extra)
+                points = np.concatenate([points, more_points])
+                descriptors = np.concatenate([descriptors, more])
         return LocalFeatures(points, descriptors, (width, height))
+
+
+def _detect(detector: Any, grey: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Keypoints (in the pixels of the image `grey` was resized from by `scale`) and uint8
+    descriptors; empty arrays when nothing is found."""
+    kps, desc = detector.detectAndCompute(grey, None)
+    if desc is None or not kps:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8)
+    points = np.array([kp.pt for kp in kps], dtype=np.float32) / np.float32(scale)
+    return points, np.clip(np.rint(desc), 0, 255).astype(np.uint8)
 
 
 def _grey(image: Image.Image) -> Image.Image:

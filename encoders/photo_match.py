@@ -176,9 +176,12 @@ class VoteMatcher:
 
     def candidates(self, query: LocalFeatures, dense: np.ndarray | None = None,
                    extra: Sequence[int] = (), depth: int = VOTE_DEPTH,
-                   verify_top: int = VERIFY_VOTED) -> list[VoteCandidate]:
+                   verify_top: int = VERIFY_VOTED, scorer: PhotoScorer | None = None
+                   ) -> list[VoteCandidate]:
         """The `depth` most voted rows (plus `extra`, e.g. the dense vector's best), the
-        first `verify_top` by votes verified, each scored; best first."""
+        first `verify_top` by votes verified, each scored (by `scorer`, default the
+        matcher's: another CNN's cosines need their own); best first."""
+        scorer = scorer or self.scorer
         with threadpool_limits(1):  # tiny matrices: BLAS threads only add overhead
             votes = self.index.vote(root_sift(query.descriptors), query.keypoints)
             voted = [int(k) for k, _ in votes.ranked()[:depth]]
@@ -189,20 +192,22 @@ class VoteMatcher:
                 ver = verify_votes(query, votes, str(row)) if rank < verify_top and n else None
                 cos = None if dense is None else float(dense[row])
                 signals = vote_signals(n, votes.passed, ver, cos)
-                p = self.scorer.score(signals) if self.scorer is not None else 0.0
+                p = scorer.score(signals) if scorer is not None else 0.0
                 out.append(VoteCandidate(row, n, ver, cos, p, signals))
         out.sort(key=lambda c: (-c.probability, -c.votes, c.index))
         return out
 
     def ranking(self, query: LocalFeatures, dense: np.ndarray | None = None,
-                extra: Sequence[int] = ()) -> tuple[np.ndarray, list[VoteCandidate]]:
+                extra: Sequence[int] = (), scorer: PhotoScorer | None = None
+                ) -> tuple[np.ndarray, list[VoteCandidate]]:
         """A score per catalog row for Recall@K: the candidates by probability (or votes
         without a scorer) above every other row; the rest by dense cosine when given."""
-        cands = self.candidates(query, dense, extra)
+        scorer = scorer or self.scorer
+        cands = self.candidates(query, dense, extra, scorer=scorer)
         base = (np.clip(dense, -1, 1) * 0.5 + 0.5 if dense is not None
                 else np.zeros(len(self.features))).astype(np.float32)
         final = base.copy()
         for c in cands:
-            final[c.index] = 2.0 + (c.probability if self.scorer is not None
+            final[c.index] = 2.0 + (c.probability if scorer is not None
                                     else 1 - math.exp(-c.votes / 10))
         return final, cands

@@ -17,6 +17,9 @@ Methods:
               (restock: products verified with the scorer's restock_min_inliers)
     combined  local, with the dense vector's top 10 added to the candidates, dense cosine
               in the scorer and ranking the rows no vote reached (search's path)
+    dense photo-cnn / combined photo-cnn
+              the same two with the CNN trained for photos (its own gallery vectors and
+              its own scorer), when the shelf task also runs the photo-cnn variant
 """
 
 from __future__ import annotations
@@ -200,13 +203,13 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> floa
     return ix * iy / smaller if smaller > 0 else 0.0
 
 
-def _local_scores(matcher: VoteMatcher, query: LocalFeatures, dense: np.ndarray | None
-                  ) -> tuple[np.ndarray, set[int]]:
+def _local_scores(matcher: VoteMatcher, query: LocalFeatures, dense: np.ndarray | None,
+                  scorer: PhotoScorer | None = None) -> tuple[np.ndarray, set[int]]:
     """Scores per gallery row (candidates by probability first, the rest by dense cosine)
     and the rows restock reports (verified with the scorer's restock_min_inliers)."""
     extra = [int(j) for j in np.argsort(-dense)[:TOP_DENSE]] if dense is not None else []
-    final, cands = matcher.ranking(query, dense, extra)
-    scorer = matcher.scorer
+    scorer = scorer or matcher.scorer
+    final, cands = matcher.ranking(query, dense, extra, scorer)
     need = scorer.restock_min_inliers if scorer is not None else 12
     chosen = {c.index for c in cands if c.verification is not None
               and c.verification.inliers >= need}
@@ -240,13 +243,16 @@ def _timing(seconds: Sequence[float]) -> dict[str, float]:
 def evaluate(ctx: Context, gallery: Sequence[ClipartItem], q_index: Sequence[int],
              dense_gallery: np.ndarray | None, seed: int, restock_photos: int = 200,
              sets: Sequence[str] = SETS, methods: Sequence[str] = METHODS,
-             extra_dense: dict[str, tuple[Any, np.ndarray]] | None = None
+             extra_dense: dict[str, tuple[Any, np.ndarray]] | None = None,
+             extra_scorers: dict[str, PhotoScorer] | None = None
              ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
     """Every set x method: Recall@1/5/10, MRR, in_photo@1 and query time (restock: item
     recall and false SKUs per photo). Returns (results, Recall@K curves).
 
     `extra_dense`: more dense methods, name -> (image encoder, its gallery vectors), run
-    like `dense` on the same photos (another CNN side by side)."""
+    like `dense` on the same photos (another CNN side by side). `extra_scorers`: for an
+    extra dense name "dense X", the scorer fitted with that CNN: adds the method
+    "combined X" (search's path with that CNN)."""
     more_dense = dict(extra_dense or {})
     import threadpoolctl
 
@@ -270,6 +276,11 @@ def evaluate(ctx: Context, gallery: Sequence[ClipartItem], q_index: Sequence[int
                 [len(f.to_bytes()) for f in feats[:500]])), 1)}
     curves: dict[str, dict[str, float]] = {}
     methods = [m for m in methods if m != "dense" or dense_gallery is not None] + list(more_dense)
+    # "combined X" -> (extra dense name, its scorer)
+    more_combined = {_combined_name(name): (name, scorer)
+                     for name, scorer in (extra_scorers or {}).items()
+                     if name in more_dense and matcher is not None}
+    methods += list(more_combined)
     dense_needed = dense_gallery is not None
     cv2.setNumThreads(1)
     for kind in sets:
@@ -306,6 +317,10 @@ def evaluate(ctx: Context, gallery: Sequence[ClipartItem], q_index: Sequence[int
                                                     dense if m == "combined" else None)
                     extra = dense_s if (m == "combined" and dense is not None) else 0.0
                     times[m].append(extract_s + time.perf_counter() - t + extra)
+                for m, (name, scorer) in more_combined.items():
+                    t = time.perf_counter()
+                    scores[m][n], _ = _local_scores(matcher, query, scores[name][n], scorer)
+                    times[m].append(extract_s + time.perf_counter() - t + times[name][-1])
         results[kind] = {}
         for m in methods:
             results[kind][m], curves[f"{m} {kind}"] = _summary(
@@ -314,16 +329,19 @@ def evaluate(ctx: Context, gallery: Sequence[ClipartItem], q_index: Sequence[int
     if "restock" in sets:
         results["restock"] = _restock(ctx, gallery, q_index, dense_gallery, seed,
                                       restock_photos, matcher, extractor, methods,
-                                      more_dense)
+                                      more_dense, more_combined)
     return results, curves
 
 
 def _restock(ctx: Context, gallery: Sequence[ClipartItem], pool: Sequence[int],
              dense_gallery: np.ndarray | None, seed: int, n_photos: int,
              matcher: VoteMatcher | None, extractor: LocalFeatureExtractor,
-             methods: Sequence[str], extra: dict[str, tuple[Any, np.ndarray]] | None = None
+             methods: Sequence[str], extra: dict[str, tuple[Any, np.ndarray]] | None = None,
+             more_combined: dict[str, tuple[str, PhotoScorer]] | None = None
              ) -> dict[str, Any]:
     import threadpoolctl
+
+    extra_views: dict[str, tuple[np.ndarray, float]] = {}  # dense name -> (cosines, seconds)
 
     found: dict[str, list[tuple[set[int], frozenset[int]]]] = {m: [] for m in methods}
     times: dict[str, list[float]] = {m: [] for m in methods}
@@ -333,6 +351,10 @@ def _restock(ctx: Context, gallery: Sequence[ClipartItem], pool: Sequence[int],
             t = time.perf_counter()
             found[name].append((_dense_restock(ctx, photo, g_extra, encoder), present))
             times[name].append(time.perf_counter() - t)
+            if any(n == name for n, _ in (more_combined or {}).values()):
+                t = time.perf_counter()
+                views = _dense_views(ctx, photo, g_extra, encoder)
+                extra_views[name] = (views, time.perf_counter() - t)
         dense = None
         dense_s = 0.0
         if dense_gallery is not None:
@@ -357,6 +379,12 @@ def _restock(ctx: Context, gallery: Sequence[ClipartItem], pool: Sequence[int],
                 found[m].append((chosen, present))
                 times[m].append(extract_s + time.perf_counter() - t
                                 + (dense_s if m == "combined" else 0.0))
+            for m, (name, scorer) in (more_combined or {}).items():
+                t = time.perf_counter()
+                views, views_s = extra_views[name]
+                _, chosen = _local_scores(matcher, query, views, scorer)
+                found[m].append((chosen, present))
+                times[m].append(extract_s + time.perf_counter() - t + views_s)
     out: dict[str, Any] = {"photos": n_photos}
     for m in methods:
         pairs = found[m]
@@ -368,6 +396,10 @@ def _restock(ctx: Context, gallery: Sequence[ClipartItem], pool: Sequence[int],
                   "exact_photos": round(float(np.mean([c == p for c, p in pairs])), 4),
                   **_timing(times[m])}
     return out
+
+
+def _combined_name(dense_name: str) -> str:
+    return "combined " + dense_name.removeprefix("dense ")
 
 
 def photo_sets_doc() -> dict[str, str]:

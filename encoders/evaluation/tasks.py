@@ -216,16 +216,20 @@ def shelf(ctx: Context, *, limit: int | None = None, queries: int | None = 500,
         g, _ = gallery_features(ctx, backbone, "openclipart", ids,
                                 lambda j: _catalog_image(gallery[j]))
         # The CNN trained for photos, side by side on the same photos when it runs too.
+        from encoders.local_features import PhotoScorer, scorer_file
+
         extra: dict[str, tuple[Any, np.ndarray]] = {}
+        scorers: dict[str, PhotoScorer] = {}
         tuned = IMAGE_VARIANTS["photo-cnn"]
         if variants is not None and tuned.name in variants and tuned.name in results:
             g_tuned, _ = gallery_features(ctx, tuned, "openclipart", ids,
                                           lambda j: _catalog_image(gallery[j]))
             extra["dense photo-cnn"] = (ctx.image_encoder("efficientnet_lite0_photo"), g_tuned)
+            scorers = {"dense photo-cnn": PhotoScorer.load(scorer_file("efficientnet_lite0_photo"))}
         photo_results, photo_curves = photo_sets.evaluate(
             ctx, gallery, [int(i) for i in q_index], g, seed, restock_photos,
             methods=("dense",) if dense_only and PHOTO_VARIANT not in (variants or ())
-            else photo_sets.METHODS, extra_dense=extra)
+            else photo_sets.METHODS, extra_dense=extra, extra_scorers=scorers)
         photo_results["seconds"] = timer.seconds()
         photo_results["about"] = photo_sets.photo_sets_doc()
         curves.update(photo_curves)

@@ -24,6 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "openclipart train split)")
     p.add_argument("--lists", type=int, default=4096, help="coarse lists of the descriptor "
                    "index (--task descriptor-index)")
+    p.add_argument("--image-model", default="efficientnet_lite0",
+                   choices=("efficientnet_lite0", "efficientnet_lite0_photo"),
+                   help="photo-scorer: the CNN whose dense cosine the scorer weighs (each "
+                   "ships its own scorer file)")
     p.add_argument("--scorer-catalog", type=int, default=None, help="photo-scorer: catalog "
                    "of this many train items (default: the whole train split)")
     p.add_argument("--features-cache", default="bench/eval_results/cache",
@@ -133,8 +137,11 @@ def _photo_task(args: argparse.Namespace) -> int:
                                               out=out, cache_dir=args.features_cache,
                                               command=command)
     else:
+        from encoders.local_features import scorer_file
+
         report = photo.fit_photo_scorer(limit=args.limit or 300, seed=args.seed,
-                                        out=out or photo.SCORER_FILE,
+                                        out=out or scorer_file(args.image_model),
+                                        image_model=args.image_model,
                                         cache_dir=args.features_cache,
                                         catalog_size=args.scorer_catalog,
                                         progress=not args.quiet, command=command)

@@ -153,11 +153,16 @@ def seeded(items: Sequence[Item], n: int | None, seed: int, salt: str) -> list[I
 
 
 
+# The evaluation's variant of each image model (encoders.evaluation.variants).
+_DENSE_VARIANTS = {"efficientnet_lite0": "backbone", "efficientnet_lite0_photo": "photo-cnn"}
+
+
 def fit_photo_scorer(limit: int = 300, seed: int = 0, out: str | Path = SCORER_FILE,
                      precision: float = 0.8,
                      cache_dir: str | Path = "bench/eval_results/cache",
                      catalog_size: int | None = None, false_per_photo: float = 0.1,
-                     progress: bool = True, command: str = "") -> dict[str, Any]:
+                     progress: bool = True, command: str = "",
+                     image_model: str = "efficientnet_lite0") -> dict[str, Any]:
     """Fits the PhotoScorer on the server's path (VoteMatcher: descriptor vote ->
     verification on the votes -> signals) with photos of `limit` training items searched
     against `catalog_size` train-split catalog images (all of them by default): a third
@@ -184,7 +189,9 @@ def fit_photo_scorer(limit: int = 300, seed: int = 0, out: str | Path = SCORER_F
     catalog = train_catalog(catalog_size, seed)
     extractor = LocalFeatureExtractor()
     feats, _ = catalog_local_features(ctx, catalog, extractor)
-    dense_gallery, _ = gallery_features(ctx, IMAGE_VARIANTS["backbone"], "openclipart",
+    variant = IMAGE_VARIANTS[_DENSE_VARIANTS[image_model]]
+    encoder = ctx.image_encoder(image_model)
+    dense_gallery, _ = gallery_features(ctx, variant, "openclipart",
                                         [it.item_id for it in catalog],
                                         lambda j: _catalog_image(catalog[j]))
     matcher = VoteMatcher(feats)
@@ -211,7 +218,7 @@ def fit_photo_scorer(limit: int = 300, seed: int = 0, out: str | Path = SCORER_F
             photo = render_scene(_item_rgba(str(catalog[index].path)), prng,
                                  PRODUCT_HARD).photo
             present = {index}
-        dense = _dense_views(ctx, photo, dense_gallery)
+        dense = _dense_views(ctx, photo, dense_gallery, encoder)
         query = extractor.extract(photo, query=True)
         extra = [int(j) for j in np.argsort(-dense)[:10]]
         cands = matcher.candidates(query, dense, extra)
@@ -234,7 +241,8 @@ def fit_photo_scorer(limit: int = 300, seed: int = 0, out: str | Path = SCORER_F
         "candidates_per_photo": "the 40 most voted (20 verified on their votes) + top 10 "
                                 "dense",
         "extractor": extractor.version, "descriptor_index": matcher.index.version,
-        "dense": IMAGE_VARIANTS["backbone"].version(ctx) + " max over localise.query_views",
+        "image_model": image_model,
+        "dense": variant.version(ctx) + " max over localise.query_views",
         "data": "openclipart train split only (catalog and photos); thirds: photos.SHELF "
                 "single items among catalog clutter, render_shelf restock shelves of 2-5 "
                 "items, photos.PRODUCT_HARD product photos; seed strings "
