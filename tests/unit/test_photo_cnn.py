@@ -219,3 +219,21 @@ def test_shipped_checkpoint_has_its_provenance() -> None:
     assert "train split" in prov["data"] and prov["train_items"] > 0 and prov["steps"] > 0
     assert prov["history"]["epochs"], "validation figures per epoch"
     assert PHOTO_CNN_CHECKPOINT.stat().st_size < 8_000_000  # the tail only
+
+
+def test_photo_search_scores_with_the_scorer_fitted_on_its_cnn(tmp_path: Path) -> None:
+    """The scorer weighs a dense cosine: each CNN's cosines need the scorer fitted on them."""
+    from backend.app import make_photo_index
+    from backend.config import EncoderSettings, Settings
+    from encoders.local_features import PhotoScorer, scorer_file
+
+    weights = {}
+    for model in ("efficientnet_lite0", "efficientnet_lite0_photo"):
+        settings = Settings(data_dir=tmp_path, encoder=EncoderSettings(image_model=model))
+        index = make_photo_index(settings)
+        assert index is not None
+        assert np.array_equal(index.scorer.weights, PhotoScorer.load(scorer_file(model)).weights)
+        weights[model] = index.scorer.weights
+    assert not np.array_equal(weights["efficientnet_lite0"], weights["efficientnet_lite0_photo"])
+    with pytest.raises(ValueError, match="no photo scorer"):
+        scorer_file("resnet")
