@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass
 
 from backend.domain.vectors import VectorStore
+from backend.errors import BuildAborted
 from encoders.priority import lower_this_thread
 
 __all__ = ["IndexMaintainer", "MaintainerState"]
@@ -47,6 +48,7 @@ class MaintainerState:
     builds: int
     last_build_s: float  # duration of the last build (0 before the first)
     failures: int
+    aborts: int = 0  # builds given up because of the writes made meanwhile (retried)
 
 
 class IndexMaintainer:
@@ -68,6 +70,7 @@ class IndexMaintainer:
         self._building = False
         self._builds = 0
         self._failures = 0
+        self._aborts = 0
         self._last_build_s = 0.0
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -93,7 +96,7 @@ class IndexMaintainer:
     def state(self) -> MaintainerState:
         with self._cond:
             return MaintainerState(self._pending, self._building, self._builds,
-                                   self._last_build_s, self._failures)
+                                   self._last_build_s, self._failures, self._aborts)
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Stop; a build in progress finishes in its thread (the store cannot cancel it)."""
@@ -123,12 +126,19 @@ class IndexMaintainer:
                     if wait == 0.0:
                         break
                     self._cond.wait(wait)
+                taken = self._pending
                 self._pending = 0
                 self._building = True
             start = time.perf_counter()
+            aborted = False
             try:
                 self._vectors.build_index(self._collection)
                 ok = True
+            except BuildAborted as exc:
+                # Too many writes to record while it ran: again once they slow down.
+                log.warning("background index build of %s given up, retried later: %s",
+                            self._collection, exc)
+                ok, aborted = False, True
             except Exception:
                 log.exception("background index build of %s failed; retrying after the "
                               "next writes", self._collection)
@@ -139,6 +149,12 @@ class IndexMaintainer:
                 if ok:
                     self._builds += 1
                     self._last_build_s = seconds
+                elif aborted:
+                    self._aborts += 1
+                    # Due again `quiet_s` after the last write, or `max_delay_s` from now.
+                    if not self._pending:
+                        self._first_write = time.monotonic()
+                    self._pending += taken
                 else:
                     self._failures += 1
             if ok:
