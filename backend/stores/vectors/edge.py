@@ -204,6 +204,24 @@ def _point_bytes(spec: CollectionSpec, point: VectorPoint) -> int:
     return 4 * dense + 8 * sparse + _OP_BYTES
 
 
+def _sync_files(directory: str | Path) -> None:
+    """Write every file under `directory` back to disk with plain system calls, which
+    release the GIL. qdrant-edge's flush (and close) holds the GIL while the disk catches
+    up; with the pages already written it holds it about a quarter as long."""
+    for dirpath, _, files in os.walk(directory):
+        for name in files:
+            try:
+                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fdatasync(fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+
 def _write_atomic(path: Path, data: object) -> None:
     """Replace `path` so that readers and a crash see either the old or the new file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
@@ -883,6 +901,7 @@ class EdgeVectorStore(FusedSearch):
         # Updates already survive a killed process (the write-ahead log is in the page
         # cache); a flush also makes them survive losing the machine.
         with self._use(collection) as coll:
+            _sync_files(os.path.realpath(self._root / coll.name))
             coll.shard.flush()
 
     def delete_points(self, collection: str, point_ids: list[str]) -> None:
@@ -932,9 +951,12 @@ class EdgeVectorStore(FusedSearch):
         # None with writes paused: with no update running the files are what a killed
         # process leaves, which the engine recovers from (the log replayed by the child),
         # and the writes made since this flush are few.
-        with coll.lock.shared(), phase("flush"):
+        with coll.lock.shared():
             if not coll.closed:
-                coll.shard.flush()
+                with phase("write back"):
+                    _sync_files(os.path.realpath(self._root / coll.name))
+                with phase("flush"):
+                    coll.shard.flush()
         with coll.writes.exclusive(), coll.lock.shared():
             paused = time.perf_counter()
             if coll.closed:
@@ -1054,6 +1076,9 @@ class EdgeVectorStore(FusedSearch):
         # which the switch did not change. The switch is done: a failure here must not
         # reach the caller's clean-up, which would remove the new live shard.
         try:
+            if old is not None:
+                with phase("write back old"):
+                    _sync_files(old)
             with phase("close old"):
                 old_shard.close()
         except Exception:
