@@ -10,19 +10,29 @@ On the embedded store `build_index` builds outside the serving process: qdrant-e
 `optimize` holds Python's GIL for the whole build, so run in-process it stopped every thread
 of the server (searches, health checks, the event loop) for the whole build. Now a copy of
 the shard is optimised by a child process at the lowest CPU priority while the server keeps
-serving reads and writes; the writes made meanwhile are replayed on the built copy, which
-is then switched to (backend/stores/vectors/edge.py). Measured side by side in one run
+serving reads and writes; the writes made meanwhile are replayed on the built copy, which is
+then switched to (backend/stores/vectors/edge.py). Measured side by side in one run
 (bench/live_index.py, 10,000 1280-d points, 2-core VM at load 3.9): the in-process build
 answered 10 searches in 10.9 s, its longest gap between answers 10.9 s; the child-process
 build answered 4,687 searches in 26.8 s (the child runs at nice 19 beside a busy search
-loop), longest gap 442 ms; the switch paused writes for 5.8 ms and reads for 1.2 ms, and
-the copy at the start paused writes (not reads) for 1.6 s. So the builder is on by default
-(`index_build_min_writes` 1000). With a Qdrant server the build runs in the server and
+loop), longest gap 442 ms; the switch paused writes for 5.8 ms and reads for 1.2 ms, and the
+copy at the start paused writes (not reads) for 1.6 s. The gaps came from the three
+qdrant-edge calls left in the serving process, which hold the GIL: the flush before the
+copy, opening the built shard and closing the replaced one. With the shard's files written
+back (fdatasync) before the flush and the close and read ahead before the open, all without
+the GIL, and no flush while writes are paused, the longest gap went from 1,345 ms to 273 ms
+(flush ~270 ms, open ~290 ms, close ~160 ms) in two runs of the same bench (load 3.4 and
+4.1; the in-process build in them: 21.6 s and 18.2 s), the copy paused writes for 537 ms
+instead of 2.0 s, the switch 2.1 ms (writes) and 1.2 ms (reads); bench/RESULTS.md. Still
+over the 50 ms target: those three calls cannot be split from Python. So the builder is on
+by default (`index_build_min_writes` 1000). The writes made during a build are recorded in
+memory up to `index_build_max_recorded_mb`; past that the build is given up, counted as an
+abort, and retried once writes pause. With a Qdrant server the build runs in the server and
 `build_index` only waits, so there it costs the serving process nothing. Payload indexes are
-part of the collection and are carried into the rebuilt segments. The state (writes not
-yet built, builds, failures, the last build's duration, whether one is running) is exported
-as metrics; a failed or timed-out build (`index_build_timeout_s`) counts as a failure and
-the collection keeps serving from its live shard.
+part of the collection and are carried into the rebuilt segments. The state (writes not yet
+built, builds, failures, the last build's duration, whether one is running) is exported as
+metrics; a failed or timed-out build (`index_build_timeout_s`) counts as a failure and the
+collection keeps serving from its live shard.
 """
 
 from __future__ import annotations
