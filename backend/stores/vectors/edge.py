@@ -21,21 +21,20 @@ taken before it, lets the index build pause writes (and only writes).
 
 `build_index` builds outside this process: qdrant-edge's `optimize` holds Python's GIL for
 the whole build, which in-process stops every thread (bench/live_index.py). The shard is
-flushed and its directory copied to a new shard directory while writes go on, then with
-writes paused the copy is caught up (compared chunk by chunk, what differs written again),
-so that it equals the shard at that moment (with no update running, the files are what a
-killed process would leave, which the engine recovers from); a child process
-(`backend.stores.vectors.edge_build`, lowest CPU priority) optimises the copy while this
-process keeps serving reads and writes on the live shard and records every update applied to
-it (up to `build_journal_max_bytes`: past that the build is given up, IndexBuildAborted);
-then the built copy is read ahead into the page cache and opened, the recorded updates are
-applied to it (the last few with writes paused again), and the collection's symlink is
-replaced, its shard handle swapped (reads wait only for the swap), and the old shard closed
-and deleted. qdrant-edge's flush, load and close hold the GIL (searches wait for them);
-`BuildTimes.phases` says how long each part took. The live shard is not touched until the
-symlink is replaced, so a crash at any point leaves one consistent shard; shard directories
-no symlink points to are removed when the store opens. A failed or timed-out build
-(`build_timeout_s`) leaves the live shard serving and raises IndexBuildError.
+flushed, then with writes paused its directory is copied to a new shard directory (with no
+update running, the files are what a killed process would leave, which the engine recovers
+from); a child process (`backend.stores.vectors.edge_build`, lowest CPU priority) optimises
+the copy while this process keeps serving reads and writes on the live shard and records
+every update applied to it (up to `build_journal_max_bytes`: past that the build is given
+up, IndexBuildAborted); then the built copy is read ahead into the page cache and opened,
+the recorded updates are applied to it (the last few with writes paused again), and the
+collection's symlink is replaced, its shard handle swapped (reads wait only for the swap),
+and the old shard closed and deleted. qdrant-edge's flush, load and close hold the GIL
+(searches wait for them); `BuildTimes.phases` says how long each part took. The live shard
+is not touched until the symlink is replaced, so a crash at any point leaves one consistent
+shard; shard directories no symlink points to are removed when the store opens. A failed or
+timed-out build (`build_timeout_s`) leaves the live shard serving and raises
+IndexBuildError.
 """
 
 from __future__ import annotations
@@ -169,91 +168,6 @@ def _copy_sparse(src: str, dst: str) -> None:
                 offset += n
             pos = end
         fout.truncate(size)
-
-
-def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
-    """The ranges of a file that hold data (the rest are holes, which read as zeros)."""
-    out = []
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # only a hole from here
-                break
-            raise
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        if start >= size:
-            break
-        out.append((start, end))
-        pos = end
-    return out
-
-
-def _union(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for start, end in sorted(a + b):
-        if out and start <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], end))
-        else:
-            out.append((start, end))
-    return out
-
-
-_CHUNK = 1 << 20
-
-
-def _catch_up_file(src: str, dst: str) -> None:
-    """Make `dst`, an earlier copy of `src`, byte for byte equal to it, writing only the
-    chunks that differ (both read through the page cache, which the engine's mmap writes
-    are in)."""
-    with open(src, "rb") as fin, open(dst, "r+b") as fout:
-        size = os.fstat(fin.fileno()).st_size
-        if os.fstat(fout.fileno()).st_size != size:
-            fout.truncate(size)
-        try:
-            ranges = _union(_data_extents(fin.fileno(), size),
-                            _data_extents(fout.fileno(), size))
-        except OSError:  # no SEEK_DATA here: compare it all
-            ranges = [(0, size)] if size else []
-        a, b = bytearray(_CHUNK), bytearray(_CHUNK)
-        for start, end in ranges:
-            offset = start
-            while offset < end:
-                n = min(_CHUNK, end - offset)
-                if n < _CHUNK:
-                    a, b = bytearray(n), bytearray(n)
-                if os.preadv(fin.fileno(), [a], offset) != n:
-                    raise OSError(f"{src} changed while writes were paused")
-                got = os.preadv(fout.fileno(), [b], offset)
-                if got != n or a != b:
-                    os.pwrite(fout.fileno(), a, offset)
-                offset += n
-
-
-def _catch_up_tree(src: str, dst: str) -> None:
-    """Make the directory `dst`, an earlier copy of `src` (made while it changed), equal
-    to it: files and directories added or removed, changed files caught up."""
-    for dirpath, dirs, files in os.walk(src):
-        target = os.path.join(dst, os.path.relpath(dirpath, src))
-        os.makedirs(target, exist_ok=True)
-        keep = set(dirs) | set(files)
-        for entry in os.scandir(target):
-            if entry.name not in keep or (entry.name in files) == entry.is_dir(
-                    follow_symlinks=False):
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                else:
-                    os.unlink(entry.path)
-        for name in files:
-            from_path, to_path = os.path.join(dirpath, name), os.path.join(target, name)
-            if os.path.islink(from_path) or not os.path.isfile(to_path) or \
-                    os.path.islink(to_path):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(to_path)
-                _copy_file(from_path, to_path)
-            else:
-                _catch_up_file(from_path, to_path)
 
 
 def _copy_file(src: str, dst: str) -> None:
@@ -446,7 +360,7 @@ class BuildTimes:
     for the switch to the built copy (open, replay, switch; reads only for the switch)."""
 
     total_s: float
-    copy_s: float  # writes paused to catch the copy of the shard up
+    copy_s: float  # writes paused to flush and copy the shard
     writes_paused_s: float
     reads_paused_s: float
     replayed: int
@@ -1043,28 +957,20 @@ class EdgeVectorStore(FusedSearch):
                     _sync_files(os.path.realpath(self._root / coll.name))
                 with phase("flush"):
                     coll.shard.flush()
-        target = self._new_shard_dir(coll.name)
-        try:
-            # Copied while writes go on (a copy torn between updates), then caught up with
-            # writes paused: only what changed meanwhile is written again.
-            with coll.lock.shared():
-                if coll.closed:
-                    raise NotReady(f"vector collection {coll.name!r} was closed or dropped")
-                source = os.path.realpath(self._root / coll.name)
-                with phase("copy"), contextlib.suppress(shutil.Error, OSError):
-                    shutil.copytree(source, target, copy_function=_copy_file,
-                                    dirs_exist_ok=True)
-            with coll.writes.exclusive(), coll.lock.shared():
-                paused = time.perf_counter()
-                if coll.closed:
-                    raise NotReady(f"vector collection {coll.name!r} was closed or dropped")
-                with phase("catch up copy (writes paused)"):
-                    _catch_up_tree(source, str(target))
-                coll.journal = _Journal(self._build_journal_max_bytes)
-                return target, time.perf_counter() - paused
-        except BaseException:
-            shutil.rmtree(target, ignore_errors=True)
-            raise
+        with coll.writes.exclusive(), coll.lock.shared():
+            paused = time.perf_counter()
+            if coll.closed:
+                raise NotReady(f"vector collection {coll.name!r} was closed or dropped")
+            target = self._new_shard_dir(coll.name)
+            try:
+                with phase("copy (writes paused)"):
+                    shutil.copytree(os.path.realpath(self._root / coll.name), target,
+                                    copy_function=_copy_file)
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)
+                raise
+            coll.journal = _Journal(self._build_journal_max_bytes)
+            return target, time.perf_counter() - paused
 
     def _aborted(self, name: str) -> IndexBuildAborted:
         return IndexBuildAborted(
