@@ -47,7 +47,8 @@ def open_vector_store(settings: Settings) -> VectorStore:
         from backend.stores.vectors.edge import EdgeVectorStore
 
         return EdgeVectorStore(settings.vectors_dir, hnsw_ef=settings.search.hnsw_ef,
-                               build_timeout_s=settings.index_build_timeout_s)
+                               build_timeout_s=settings.index_build_timeout_s,
+                               build_journal_max_bytes=settings.index_build_max_recorded_mb << 20)
     from backend.stores.vectors.server import QdrantServerStore
 
     return QdrantServerStore.from_url(

@@ -228,6 +228,10 @@ class Settings(BaseSettings):
     # The embedded store's build process is killed after this long and the build counted
     # as failed; the collection keeps serving from its live shard.
     index_build_timeout_s: float = Field(3600.0, gt=0)
+    # The embedded store keeps the updates made during a build in memory, to apply them to
+    # the built copy; past this many MB the build is given up (counted in the metrics) and
+    # retried once writes slow down.
+    index_build_max_recorded_mb: int = Field(256, ge=0)
     # The embedded store is flushed to disk at most this often, before outbox rows are
     # marked done (a killed process loses nothing anyway; this bounds what a lost machine
     # can take back, which the self-check then repairs). 0 = never flush explicitly.

@@ -39,6 +39,11 @@ class ConfigError(DomainError):
     """Settings that cannot work; refused at start-up."""
 
 
+class BuildAborted(RuntimeError):
+    """An index build gave up because of the writes made meanwhile (the index serves as
+    before); retried once writes slow down."""
+
+
 class StoreBusy(DomainError):
     """Another process owns the embedded store (one process per shard directory)."""
 

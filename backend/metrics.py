@@ -15,7 +15,7 @@ Series (all prefixed `prodsearch_`):
   back: their rows stay pending and are redone);
 - `vector_points` and `vector_indexed_vectors` (read from the store at scrape time), and the
   background index builds: `index_pending_writes`, `index_building`, `index_builds`,
-  `index_build_failures`, `index_last_build_seconds`;
+  `index_build_failures`, `index_build_aborts`, `index_last_build_seconds`;
 - `selfcheck_drift_found_total{kind}` and `selfcheck_drift_repaired_total{kind}` (kind:
   missing, stale, orphans, drift), `selfcheck_products_checked_total` and
   `selfcheck_rounds_total` (complete walks over the catalog and the vector store).
@@ -225,6 +225,9 @@ class VectorIndexCollector(Collector):
                                 "background index builds finished", value=state.builds)
         yield GaugeMetricFamily("prodsearch_index_build_failures",
                                 "background index builds that failed", value=state.failures)
+        yield GaugeMetricFamily("prodsearch_index_build_aborts",
+                                "background index builds given up because of the writes made "
+                                "meanwhile (retried later)", value=state.aborts)
         yield GaugeMetricFamily("prodsearch_index_last_build_seconds",
                                 "duration of the last background index build",
                                 value=state.last_build_s)

@@ -47,6 +47,7 @@ def main() -> None:
     store = EdgeVectorStore(root / "edge", hnsw_ef=128)
     rows: list[list[object]] = []
     builds: list[list[object]] = []
+    phase_rows: list[list[object]] = []
     try:
         for name in ("inproc", "child"):
             load_s = load_store(store, name, x, meta, quant=False, build=False)
@@ -93,6 +94,7 @@ def main() -> None:
             # (or the thread issuing it) may be held up before the timer starts (the GIL).
             last = time.perf_counter()
             stall = 0.0
+            gaps: list[tuple[float, float]] = []  # (from, to) of gaps over 50 ms
             thread.start()
             i = 0
             while not done.is_set():
@@ -100,11 +102,21 @@ def main() -> None:
                 store.search(name, "image", q[i % len(q)], FILTER if i % 2 else Filters(), 10)
                 end = time.perf_counter()
                 lat.append(end - start)
+                if end - last > 0.05:
+                    gaps.append((last, end))
                 stall, last = max(stall, end - last), end
                 i += 1
             thread.join()
             stall = max(stall, time.perf_counter() - last)
             times = store.last_build if name == "child" else None
+            if times is not None:
+                # Which phase of the build each long gap overlapped.
+                for phase, p0, p1 in times.phases:
+                    hit = [b - a for a, b in gaps if a < p1 and b > p0]
+                    phase_rows.append([phase, f"{(p1 - p0) * 1e3:,.1f}", len(hit),
+                                       f"{max(hit, default=0) * 1e3:,.0f}"])
+                print(table(["phase", "ms", "gaps > 50 ms overlapping it",
+                             "longest of those ms"], phase_rows), flush=True)
             label = "in-process optimize (before)" if name == "inproc" else \
                 "child process + switch (now)"
             builds.append([label, f"{build_s[0]:.1f}", len(lat), pct(lat, 50), pct(lat, 95),

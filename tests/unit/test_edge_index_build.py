@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import qdrant_edge as qe
 
 from backend.domain.types import Filters
 from backend.stores.vectors.base import CollectionSpec, PointPayload, VectorPoint, point_id
-from backend.stores.vectors.edge import EdgeVectorStore, IndexBuildError
+from backend.stores.vectors.edge import EdgeVectorStore, IndexBuildAborted, IndexBuildError
 
 DIM = 32
 N = 3000
@@ -36,7 +37,7 @@ def make_points(start: int, n: int, seed: int = 0) -> list[VectorPoint]:
     return out
 
 
-def populated_store(root: Path, n: int = N, **kw: float) -> EdgeVectorStore:
+def populated_store(root: Path, n: int = N, **kw: Any) -> EdgeVectorStore:
     """A store whose collection `c` holds n unindexed points and indexes above 50 KB of
     vectors (qdrant's default, 10 MB, would need far more points than a unit test wants)."""
     with EdgeVectorStore(root) as store:
@@ -145,6 +146,42 @@ def test_a_failed_build_leaves_the_live_shard_serving(tmp_path: Path) -> None:
         store.upsert(NAME, make_points(1000, 5))
         assert store.count(NAME) == 1005
         assert store.index_state(NAME).indexed_vectors == 0
+    finally:
+        store.close()
+
+
+def test_a_build_is_given_up_when_the_writes_during_it_outgrow_the_record(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "vectors"
+    # 32-d points are recorded as about 1.1 KB each: 60 of them pass 50 KB.
+    store = populated_store(root, n=1000, build_journal_max_bytes=50_000)
+    run_builder = store._run_builder
+    started: list[bool] = []
+
+    def write_then_build(*args: Any) -> None:
+        store.upsert(NAME, make_points(1000, 30))  # recorded
+        store.upsert(NAME, make_points(1030, 30))  # past the limit: the record is dropped
+        coll = store._collections[NAME]
+        assert coll.journal is not None and coll.journal.overflowed and not coll.journal.ops
+        started.append(True)
+        run_builder(*args)
+
+    try:
+        before = shard_dirs(root)
+        monkeypatch.setattr(store, "_run_builder", write_then_build)
+        with pytest.raises(IndexBuildAborted, match="given up"):
+            store.build_index(NAME)
+        assert started
+        # Nothing lost, nothing left over, nothing recorded any more.
+        assert shard_dirs(root) == before
+        assert store._collections[NAME].journal is None
+        assert store.count(NAME) == 1060
+        assert store.index_state(NAME).indexed_vectors == 0
+        # Once writes have slowed down the build goes through.
+        monkeypatch.setattr(store, "_run_builder", run_builder)
+        store.build_index(NAME)
+        assert store.count(NAME) == 1060
+        assert store.index_state(NAME).indexed_vectors > 0
     finally:
         store.close()
 

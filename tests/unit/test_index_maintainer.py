@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from backend.domain.index_maintainer import IndexMaintainer
+from backend.errors import BuildAborted
 
 
 class FakeStore:
@@ -18,6 +19,7 @@ class FakeStore:
         self.builds: list[float] = []
         self.seconds = seconds
         self.fail = fail
+        self.abort = False
         self.running = 0
         self.most_at_once = 0
         self._lock = threading.Lock()
@@ -30,6 +32,8 @@ class FakeStore:
             time.sleep(self.seconds)
             if self.fail:
                 raise RuntimeError("disk full")
+            if self.abort:
+                raise BuildAborted("too many writes during the build")
             self.builds.append(time.monotonic())
         finally:
             with self._lock:
@@ -103,6 +107,25 @@ def test_failed_build_is_counted_and_retried_after_more_writes(
         store.fail = False
         m.written(10)
         assert wait_for(lambda: m.state().builds == 1)
+    finally:
+        m.close()
+
+
+def test_aborted_build_is_counted_and_retried_without_more_writes(
+        caplog: pytest.LogCaptureFixture) -> None:
+    store = FakeStore()
+    store.abort = True
+    m = IndexMaintainer(store, "c", min_writes=10, quiet_s=0.05, max_delay_s=60)  # type: ignore[arg-type]
+    try:
+        m.written(10)
+        assert wait_for(lambda: m.state().aborts >= 1)
+        assert "given up, retried later" in caplog.text
+        state = m.state()
+        assert state.failures == 0 and state.builds == 0
+        store.abort = False
+        # The writes it was for are pending again: built after the quiet time, no new write.
+        assert wait_for(lambda: m.state().builds == 1)
+        assert m.state().pending_writes == 0
     finally:
         m.close()
 

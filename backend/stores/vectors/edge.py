@@ -20,16 +20,21 @@ concurrently. A per-collection shared/exclusive lock only keeps a shard from bei
 taken before it, lets the index build pause writes (and only writes).
 
 `build_index` builds outside this process: qdrant-edge's `optimize` holds Python's GIL for
-the whole build, which in-process stops every thread (bench/live_index.py). With writes
-paused for the copy, the shard directory is flushed and copied to a new shard directory; a
-child process (`backend.stores.vectors.edge_build`, lowest CPU priority) optimises the copy
-while this process keeps serving reads and writes on the live shard and records every update
-applied to it; then, writes paused again, the built copy is opened, the recorded updates are
-applied to it, and the collection's symlink is replaced, its shard handle swapped (reads
-wait only for the swap), and the old shard closed and deleted. The live shard is not touched
-until the symlink is replaced, so a crash at any point leaves one consistent shard; shard
-directories no symlink points to are removed when the store opens. A failed or timed-out
-build (`build_timeout_s`) leaves the live shard serving and raises IndexBuildError.
+the whole build, which in-process stops every thread (bench/live_index.py). The shard is
+flushed, then with writes paused its directory is copied to a new shard directory (with no
+update running, the files are what a killed process would leave, which the engine recovers
+from); a child process (`backend.stores.vectors.edge_build`, lowest CPU priority) optimises
+the copy while this process keeps serving reads and writes on the live shard and records
+every update applied to it (up to `build_journal_max_bytes`: past that the build is given
+up, IndexBuildAborted); then the built copy is read ahead into the page cache and opened,
+the recorded updates are applied to it (the last few with writes paused again), and the
+collection's symlink is replaced, its shard handle swapped (reads wait only for the swap),
+and the old shard closed and deleted. qdrant-edge's flush, load and close hold the GIL
+(searches wait for them); `BuildTimes.phases` says how long each part took. The live shard
+is not touched until the symlink is replaced, so a crash at any point leaves one consistent
+shard; shard directories no symlink points to are removed when the store opens. A failed or
+timed-out build (`build_timeout_s`) leaves the live shard serving and raises
+IndexBuildError.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from backend.domain.types import Filters
-from backend.errors import ConfigError, InvalidInput, NotReady, StoreBusy
+from backend.errors import BuildAborted, ConfigError, InvalidInput, NotReady, StoreBusy
 from backend.stores.vectors.base import (
     BOOST,
     RRF_K,
@@ -106,6 +111,9 @@ _SHARD = ".shard-"
 # are left to apply with writes paused.
 _REPLAY_PAUSED = 32
 _LINK = ".link-"
+# What recording an update other than an upsert is taken to cost, and each upserted point
+# beyond its vectors (its payload), in bytes.
+_OP_BYTES = 1024
 # Points per update call: bounds the size of one write-ahead-log record.
 _WRITE_BATCH = 256
 _SCROLL_PAGE = 1000
@@ -123,6 +131,11 @@ def _check_name(name: str, what: str) -> None:
 
 class IndexBuildError(RuntimeError):
     """The index build (the child process) failed or timed out; the live shard is unchanged."""
+
+
+class IndexBuildAborted(IndexBuildError, BuildAborted):
+    """The updates made during the build outgrew `build_journal_max_bytes`; the build was
+    given up (the live shard is unchanged) and can be retried once writes slow down."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -163,6 +176,50 @@ def _copy_file(src: str, dst: str) -> None:
     except (OSError, AttributeError):
         # No SEEK_DATA or copy_file_range here (another OS or filesystem).
         shutil.copyfile(src, dst)
+
+
+def _prefetch(directory: Path) -> None:
+    """Ask the kernel to read every file under `directory` into the page cache. Opening a
+    shard holds the GIL while it faults the shard's files in; read ahead here (plain
+    system calls, without the GIL) it spends about half as long holding it."""
+    for dirpath, _, files in os.walk(directory):
+        for name in files:
+            try:
+                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except (OSError, AttributeError):
+                pass
+            finally:
+                os.close(fd)
+
+
+def _point_bytes(spec: CollectionSpec, point: VectorPoint) -> int:
+    """About what an upserted point takes in a recorded update: 4 bytes a dimension, 8 a
+    sparse entry, `_OP_BYTES` for the rest."""
+    dense = sum(spec.vectors.get(name, 0) for name in point.vectors)
+    sparse = sum(len(v.indices) for v in point.sparse.values())
+    return 4 * dense + 8 * sparse + _OP_BYTES
+
+
+def _sync_files(directory: str | Path) -> None:
+    """Write every file under `directory` back to disk with plain system calls, which
+    release the GIL. qdrant-edge's flush (and close) holds the GIL while the disk catches
+    up; with the pages already written it holds it about a quarter as long."""
+    for dirpath, _, files in os.walk(directory):
+        for name in files:
+            try:
+                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fdatasync(fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
 
 def _write_atomic(path: Path, data: object) -> None:
@@ -256,6 +313,29 @@ class _SharedLock:
                 self._cond.notify_all()
 
 
+class _Journal:
+    """The updates applied to a collection since a build copied its shard, in order, to be
+    applied to the built copy. Bounded: once they would take more than `limit` bytes they
+    are dropped and `overflowed` is set, and the build gives up (IndexBuildAborted)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.ops: list[qe.UpdateOperation] = []
+        self.bytes = 0
+        self.overflowed = False
+
+    def record(self, op: qe.UpdateOperation, size: int) -> None:
+        if self.overflowed:
+            return
+        self.bytes += size
+        if self.bytes > self.limit:
+            self.overflowed = True
+            # A new list, not cleared: a replay in progress holds on to what it sliced.
+            self.ops = []
+            return
+        self.ops.append(op)
+
+
 @dataclasses.dataclass
 class _Collection:
     name: str
@@ -269,7 +349,7 @@ class _Collection:
     build_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     # The updates applied since a build copied the shard (None when none is running), in
     # the order they were applied: `journal_lock` holds each update and its record together.
-    journal: list[qe.UpdateOperation] | None = None
+    journal: _Journal | None = None
     journal_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     closed: bool = False
 
@@ -284,16 +364,39 @@ class BuildTimes:
     writes_paused_s: float
     reads_paused_s: float
     replayed: int
+    # (phase, start, end) in time.perf_counter() seconds, in the order they ran.
+    phases: tuple[tuple[str, float, float], ...] = ()
+
+
+class _Phases:
+    """Records when each phase of a build ran (bench/live_index.py lines them up with the
+    gaps between search answers)."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, float, float]] = []
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spans.append((name, start, time.perf_counter()))
 
 
 class EdgeVectorStore(FusedSearch):
     """VectorStore on qdrant-edge shards under one directory owned by this process."""
 
-    def __init__(self, root: Path, hnsw_ef: int = 128, build_timeout_s: float = 3600.0) -> None:
+    def __init__(self, root: Path, hnsw_ef: int = 128, build_timeout_s: float = 3600.0,
+                 build_journal_max_bytes: int = 256 << 20) -> None:
         if hnsw_ef < 1:
             raise ConfigError(f"hnsw_ef must be at least 1, got {hnsw_ef}")
         if build_timeout_s <= 0:
             raise ConfigError(f"build_timeout_s must be > 0, got {build_timeout_s}")
+        if build_journal_max_bytes < 0:
+            raise ConfigError(
+                f"build_journal_max_bytes must be >= 0, got {build_journal_max_bytes}")
+        self._build_journal_max_bytes = build_journal_max_bytes
         self._root = Path(root)
         self._hnsw_ef = hnsw_ef
         self._build_timeout_s = build_timeout_s
@@ -478,7 +581,8 @@ class EdgeVectorStore(FusedSearch):
                 return
 
     @staticmethod
-    def _apply(coll: _Collection, op: qe.UpdateOperation) -> None:
+    def _apply(coll: _Collection, op: qe.UpdateOperation, size: int = _OP_BYTES) -> None:
+        """Apply `op` (about `size` bytes) to the shard, and record it while a build runs."""
         # `journal` only changes while writes are paused, so it is read once here.
         journal = coll.journal
         if journal is None:
@@ -486,7 +590,7 @@ class EdgeVectorStore(FusedSearch):
             return
         with coll.journal_lock:
             coll.shard.update(op)
-            journal.append(op)
+            journal.record(op, size)
 
     @staticmethod
     def _ensure_indexes(shard: qe.EdgeShard,
@@ -595,7 +699,8 @@ class EdgeVectorStore(FusedSearch):
             converted = self._points(coll, points)
             for start in range(0, len(converted), _WRITE_BATCH):
                 batch = converted[start : start + _WRITE_BATCH]
-                self._apply(coll, qe.UpdateOperation.upsert_points(batch))
+                size = sum(_point_bytes(coll.spec, p) for p in points[start : start + _WRITE_BATCH])
+                self._apply(coll, qe.UpdateOperation.upsert_points(batch), size)
 
     def delete_products(self, collection: str, product_ids: list[str]) -> None:
         if not product_ids:
@@ -796,6 +901,7 @@ class EdgeVectorStore(FusedSearch):
         # Updates already survive a killed process (the write-ahead log is in the page
         # cache); a flush also makes them survive losing the machine.
         with self._use(collection) as coll:
+            _sync_files(os.path.realpath(self._root / coll.name))
             coll.shard.flush()
 
     def delete_points(self, collection: str, point_ids: list[str]) -> None:
@@ -816,47 +922,64 @@ class EdgeVectorStore(FusedSearch):
         """Build the HNSW index in a child process on a copy of the shard and switch to it
         (see the module docstring); searches and writes go on meanwhile."""
         coll = self._get(collection)
+        phase = _Phases()
         with coll.build_lock:
             start = time.perf_counter()
-            target, copy_s = self._copy_for_build(coll)
+            target, copy_s = self._copy_for_build(coll, phase)
             try:
-                self._run_builder(coll.name, target)
-                old, writes_s, reads_s, replayed = self._switch(coll, target)
+                self._run_builder(coll.name, target, phase,
+                                  lambda: coll.journal is not None and coll.journal.overflowed)
+                old, writes_s, reads_s, replayed = self._switch(coll, target, phase)
             except BaseException:
                 with coll.writes.exclusive():
                     coll.journal = None
                 shutil.rmtree(target, ignore_errors=True)
                 raise
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            with phase("delete old"):
+                shutil.rmtree(old, ignore_errors=True)
         self.last_build = BuildTimes(time.perf_counter() - start, copy_s, writes_s, reads_s,
-                                     replayed)
+                                     replayed, tuple(phase.spans))
         log.info("vector index of %s built in %.1f s: copy %.0f ms, %d updates replayed, "
                  "writes paused %.1f ms, reads %.1f ms for the switch", coll.name,
                  self.last_build.total_s, copy_s * 1e3, replayed, writes_s * 1e3, reads_s * 1e3)
 
-    def _copy_for_build(self, coll: _Collection) -> tuple[Path, float]:
+    def _copy_for_build(self, coll: _Collection, phase: _Phases) -> tuple[Path, float]:
         """A copy of the live shard and how long writes were paused to make it."""
-        # Most of the flush before writes are paused; the one inside has little left.
+        # The flush keeps the write-ahead log the child replays short (and the replaced
+        # shard's close, which flushes, quick); it holds the GIL, so searches wait for it.
+        # None with writes paused: with no update running the files are what a killed
+        # process leaves, which the engine recovers from (the log replayed by the child),
+        # and the writes made since this flush are few.
         with coll.lock.shared():
             if not coll.closed:
-                coll.shard.flush()
+                with phase("write back"):
+                    _sync_files(os.path.realpath(self._root / coll.name))
+                with phase("flush"):
+                    coll.shard.flush()
         with coll.writes.exclusive(), coll.lock.shared():
             paused = time.perf_counter()
             if coll.closed:
                 raise NotReady(f"vector collection {coll.name!r} was closed or dropped")
-            coll.shard.flush()
             target = self._new_shard_dir(coll.name)
             try:
-                shutil.copytree(os.path.realpath(self._root / coll.name), target,
-                                copy_function=_copy_file)
+                with phase("copy (writes paused)"):
+                    shutil.copytree(os.path.realpath(self._root / coll.name), target,
+                                    copy_function=_copy_file)
             except BaseException:
                 shutil.rmtree(target, ignore_errors=True)
                 raise
-            coll.journal = []
+            coll.journal = _Journal(self._build_journal_max_bytes)
             return target, time.perf_counter() - paused
 
-    def _run_builder(self, name: str, target: Path) -> None:
+    def _aborted(self, name: str) -> IndexBuildAborted:
+        return IndexBuildAborted(
+            f"index build of {name!r} given up: the updates made during it passed "
+            f"{self._build_journal_max_bytes:,} bytes (PRODSEARCH_INDEX_BUILD_MAX_RECORDED_MB); "
+            f"the collection serves as before")
+
+    def _run_builder(self, name: str, target: Path, phase: _Phases,
+                     give_up: Callable[[], bool]) -> None:
         env = dict(os.environ)
         # The child imports this package even when it is not installed (a checkout).
         package_root = str(Path(__file__).resolve().parents[3])
@@ -867,19 +990,13 @@ class EdgeVectorStore(FusedSearch):
         with self._builders_lock:
             if self._closed:
                 raise NotReady(f"vector store {self._root} is closed")
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, env=env)
+            with phase("start child"):
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        env=env)
             self._builders.add(proc)
         try:
-            try:
-                _, err = proc.communicate(timeout=self._build_timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-                raise IndexBuildError(
-                    f"index build of {name!r} timed out after {self._build_timeout_s:g} s "
-                    f"(PRODSEARCH_INDEX_BUILD_TIMEOUT_S); the collection serves as before"
-                ) from None
+            err = self._wait_builder(name, proc, phase, give_up)
         finally:
             with self._builders_lock:
                 self._builders.discard(proc)
@@ -888,29 +1005,62 @@ class EdgeVectorStore(FusedSearch):
             raise IndexBuildError(f"index build of {name!r} failed (exit {proc.returncode}); "
                                   f"the collection serves as before: {tail}")
 
-    def _switch(self, coll: _Collection, target: Path) -> tuple[str | None, float, float, int]:
+    def _wait_builder(self, name: str, proc: subprocess.Popen[bytes], phase: _Phases,
+                      give_up: Callable[[], bool]) -> bytes:
+        """Wait for the child's exit (its stderr); kill it on timeout or when `give_up`."""
+        deadline = time.monotonic() + self._build_timeout_s
+        with phase("child builds"):
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    proc.kill()
+                    proc.communicate()
+                    raise IndexBuildError(
+                        f"index build of {name!r} timed out after {self._build_timeout_s:g} "
+                        f"s (PRODSEARCH_INDEX_BUILD_TIMEOUT_S); the collection serves as before")
+                if give_up():
+                    proc.kill()
+                    proc.communicate()
+                    raise self._aborted(name)
+                try:
+                    _, err = proc.communicate(timeout=min(left, 0.5))
+                except subprocess.TimeoutExpired:
+                    continue
+                return err
+
+    def _switch(self, coll: _Collection, target: Path,
+                phase: _Phases) -> tuple[str | None, float, float, int]:
         """Open the built copy, apply the updates made since it was copied, and make it the
         collection's shard; returns the old shard directory and the pauses."""
-        new = qe.EdgeShard.load(str(target))
+        with phase("read ahead built shard"):
+            _prefetch(target)
+        with phase("open built shard"):
+            new = qe.EdgeShard.load(str(target))
         try:
             # Catch up while writes go on, so that little is left to apply with them paused.
+            journal = coll.journal
+            assert journal is not None
             applied = 0
-            for _ in range(8):
-                journal = coll.journal or []
-                pending = journal[applied:]
-                if len(pending) <= _REPLAY_PAUSED:
-                    break
-                for op in pending:
-                    new.update(op)
-                applied += len(pending)
+            with phase("replay"):
+                for _ in range(8):
+                    pending = journal.ops[applied:]
+                    if journal.overflowed:
+                        raise self._aborted(coll.name)
+                    if len(pending) <= _REPLAY_PAUSED:
+                        break
+                    for op in pending:
+                        new.update(op)
+                    applied += len(pending)
             with coll.writes.exclusive():
                 paused = time.perf_counter()
                 if coll.closed:
                     raise NotReady(f"vector collection {coll.name!r} was closed or dropped")
-                journal = coll.journal or []
-                for op in journal[applied:]:
-                    new.update(op)
-                with coll.lock.exclusive():
+                if journal.overflowed:
+                    raise self._aborted(coll.name)
+                with phase("replay (writes paused)"):
+                    for op in journal.ops[applied:]:
+                        new.update(op)
+                with coll.lock.exclusive(), phase("switch (reads paused)"):
                     reads_paused = time.perf_counter()
                     if coll.closed:
                         raise NotReady(f"vector collection {coll.name!r} was closed or dropped")
@@ -926,10 +1076,14 @@ class EdgeVectorStore(FusedSearch):
         # which the switch did not change. The switch is done: a failure here must not
         # reach the caller's clean-up, which would remove the new live shard.
         try:
-            old_shard.close()
+            if old is not None:
+                with phase("write back old"):
+                    _sync_files(old)
+            with phase("close old"):
+                old_shard.close()
         except Exception:
             log.warning("closing the replaced shard of %s failed", coll.name, exc_info=True)
-        return old, done - paused, done - reads_paused, len(journal)
+        return old, done - paused, done - reads_paused, len(journal.ops)
 
     def index_state(self, collection: str) -> IndexState:
         with self._use(collection) as coll:
