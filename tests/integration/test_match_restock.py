@@ -20,7 +20,7 @@ from tests.integration.conftest import Running
 
 @pytest.fixture(scope="module")
 def calibrated(running: Running) -> Running:
-    report = running.app.calibrator.calibrate(items=20)
+    report = running.app.calibrator.calibrate(items=40)
     assert report.path.is_file()
     return running
 
