@@ -29,6 +29,7 @@ from pathlib import Path
 
 from backend.domain.ports import StoredFeatures
 from backend.errors import ConfigError
+from backend.stores.durable import fsync_dir
 
 _MAGIC = b"PSLF"
 _FORMAT = 1
@@ -65,14 +66,6 @@ def _decode(point_id: str, blob: bytes, with_data: bool = True) -> StoredFeature
 
 def _stamp(st: os.stat_result) -> str:
     return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class FeatureStore:
@@ -114,7 +107,7 @@ class FeatureStore:
             dirs.add(path.parent)
             written += len(blob)
         for d in dirs:
-            _fsync_dir(d)
+            fsync_dir(d)
         return written
 
     def get(self, collection: str, product_id: str, point_id: str) -> StoredFeatures | None:

@@ -62,6 +62,7 @@ import qdrant_edge as qe
 
 from backend.domain.types import Filters
 from backend.errors import BuildAborted, ConfigError, InvalidInput, NotReady, StoreBusy
+from backend.stores.durable import fsync_dir
 from backend.stores.vectors.base import (
     BOOST,
     RRF_K,
@@ -138,14 +139,6 @@ class IndexBuildAborted(IndexBuildError, BuildAborted):
     given up (the live shard is unchanged) and can be retried once writes slow down."""
 
 
-def _fsync_dir(path: Path) -> None:
-    dir_fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def _copy_sparse(src: str, dst: str) -> None:
     """Copy a file without filling its holes: the write-ahead log's segments are 32 MB
     files that are mostly holes, and copying those as zeros is most of a shard copy."""
@@ -178,10 +171,10 @@ def _copy_file(src: str, dst: str) -> None:
         shutil.copyfile(src, dst)
 
 
-def _prefetch(directory: Path) -> None:
-    """Ask the kernel to read every file under `directory` into the page cache. Opening a
-    shard holds the GIL while it faults the shard's files in; read ahead here (plain
-    system calls, without the GIL) it spends about half as long holding it."""
+def _each_file(directory: str | Path, call: Callable[[int], object],
+               ignore: tuple[type[Exception], ...]) -> None:
+    """`call(fd)` on every file under `directory` (plain system calls: no GIL held while
+    they wait); files that vanish meanwhile and the errors in `ignore` are skipped."""
     for dirpath, _, files in os.walk(directory):
         for name in files:
             try:
@@ -189,11 +182,19 @@ def _prefetch(directory: Path) -> None:
             except OSError:
                 continue
             try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            except (OSError, AttributeError):
+                call(fd)
+            except ignore:
                 pass
             finally:
                 os.close(fd)
+
+
+def _prefetch(directory: Path) -> None:
+    """Ask the kernel to read every file under `directory` into the page cache. Opening a
+    shard holds the GIL while it faults the shard's files in; read ahead here (plain
+    system calls, without the GIL) it spends about half as long holding it."""
+    _each_file(directory, lambda fd: os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED),
+               (OSError, AttributeError))
 
 
 def _point_bytes(spec: CollectionSpec, point: VectorPoint) -> int:
@@ -208,18 +209,7 @@ def _sync_files(directory: str | Path) -> None:
     """Write every file under `directory` back to disk with plain system calls, which
     release the GIL. qdrant-edge's flush (and close) holds the GIL while the disk catches
     up; with the pages already written it holds it about a quarter as long."""
-    for dirpath, _, files in os.walk(directory):
-        for name in files:
-            try:
-                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.fdatasync(fd)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+    _each_file(directory, os.fdatasync, (OSError,))
 
 
 def _write_atomic(path: Path, data: object) -> None:
@@ -230,7 +220,7 @@ def _write_atomic(path: Path, data: object) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _index_schema(kind: IndexKind) -> qe.PayloadSchemaType | qe.PayloadSchemaParams:
@@ -488,7 +478,7 @@ class EdgeVectorStore(FusedSearch):
             if os.path.realpath(path) not in referenced:
                 log.info("removing %s, left by an interrupted index build or drop", path)
                 shutil.rmtree(path, ignore_errors=True)
-        _fsync_dir(self._root)
+        fsync_dir(self._root)
 
     def _new_shard_dir(self, name: str) -> Path:
         return self._root / f"{_SHARD}{name}-{uuid.uuid4().hex[:12]}"
@@ -503,7 +493,7 @@ class EdgeVectorStore(FusedSearch):
         os.symlink(target.name, tmp)
         os.replace(tmp, path)
         try:
-            _fsync_dir(self._root)
+            fsync_dir(self._root)
         except OSError:
             # The switch has happened; only its durability against power loss is in doubt.
             log.warning("cannot fsync %s after switching %s", self._root, name, exc_info=True)
@@ -522,7 +512,7 @@ class EdgeVectorStore(FusedSearch):
         os.symlink(target.name, tmp)
         os.rename(path, target)
         os.replace(tmp, path)
-        _fsync_dir(self._root)
+        fsync_dir(self._root)
 
     def _load(self, name: str, config: qe.EdgeConfig | None = None) -> qe.EdgeShard:
         self._versioned(name)
