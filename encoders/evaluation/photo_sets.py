@@ -342,7 +342,7 @@ def _restock(ctx: Context, gallery: Sequence[ClipartItem], pool: Sequence[int],
     import threadpoolctl
 
     extra_views: dict[str, tuple[np.ndarray, float]] = {}  # dense name -> (cosines, seconds)
-
+    combined_sources = {name for name, _ in (more_combined or {}).values()}
     found: dict[str, list[tuple[set[int], frozenset[int]]]] = {m: [] for m in methods}
     times: dict[str, list[float]] = {m: [] for m in methods}
     for n in tqdm(range(n_photos), desc="restock photos", unit="photo"):
@@ -351,7 +351,7 @@ def _restock(ctx: Context, gallery: Sequence[ClipartItem], pool: Sequence[int],
             t = time.perf_counter()
             found[name].append((_dense_restock(ctx, photo, g_extra, encoder), present))
             times[name].append(time.perf_counter() - t)
-            if any(n == name for n, _ in (more_combined or {}).values()):
+            if name in combined_sources:
                 t = time.perf_counter()
                 views = _dense_views(ctx, photo, g_extra, encoder)
                 extra_views[name] = (views, time.perf_counter() - t)

@@ -85,10 +85,10 @@ def train_catalog(size: int | None, seed: int = 0) -> list[Any]:
     return [everything[j] for j in rows]
 
 
-def _feature_context(cache_dir: str | Path) -> Any:
+def _feature_context(cache_dir: str | Path, image_model: str = "efficientnet_lite0") -> Any:
     from encoders.evaluation.variants import Context
 
-    ctx = Context(Path(cache_dir).parent)
+    ctx = Context(Path(cache_dir).parent, image_model=image_model)
     ctx.cache = None if cache_dir == "" else ctx.cache
     if ctx.cache is not None:
         ctx.cache.root = Path(cache_dir)
@@ -153,10 +153,6 @@ def seeded(items: Sequence[Item], n: int | None, seed: int, salt: str) -> list[I
 
 
 
-# The evaluation's variant of each image model (encoders.evaluation.variants).
-_DENSE_VARIANTS = {"efficientnet_lite0": "backbone", "efficientnet_lite0_photo": "photo-cnn"}
-
-
 def fit_photo_scorer(limit: int = 300, seed: int = 0, out: str | Path = SCORER_FILE,
                      precision: float = 0.8,
                      cache_dir: str | Path = "bench/eval_results/cache",
@@ -185,12 +181,11 @@ def fit_photo_scorer(limit: int = 300, seed: int = 0, out: str | Path = SCORER_F
     from encoders.photo_match import VoteMatcher
 
     started = time.perf_counter()
-    ctx = _feature_context(cache_dir)
+    ctx = _feature_context(cache_dir, image_model)  # "backbone" is the context's CNN
     catalog = train_catalog(catalog_size, seed)
     extractor = LocalFeatureExtractor()
     feats, _ = catalog_local_features(ctx, catalog, extractor)
-    variant = IMAGE_VARIANTS[_DENSE_VARIANTS[image_model]]
-    encoder = ctx.image_encoder(image_model)
+    variant = IMAGE_VARIANTS["backbone"]
     dense_gallery, _ = gallery_features(ctx, variant, "openclipart",
                                         [it.item_id for it in catalog],
                                         lambda j: _catalog_image(catalog[j]))
@@ -218,7 +213,7 @@ def fit_photo_scorer(limit: int = 300, seed: int = 0, out: str | Path = SCORER_F
             photo = render_scene(_item_rgba(str(catalog[index].path)), prng,
                                  PRODUCT_HARD).photo
             present = {index}
-        dense = _dense_views(ctx, photo, dense_gallery, encoder)
+        dense = _dense_views(ctx, photo, dense_gallery)
         query = extractor.extract(photo, query=True)
         extra = [int(j) for j in np.argsort(-dense)[:10]]
         cands = matcher.candidates(query, dense, extra)
